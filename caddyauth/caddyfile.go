@@ -1,0 +1,183 @@
+package caddyauth
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("api_token_auth", parseCaddyfile)
+	// Token authentication replaces basic_auth where both could apply, so
+	// it runs first.
+	httpcaddyfile.RegisterDirectiveOrder("api_token_auth", httpcaddyfile.Before, "basic_auth")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	api_token_auth [<matcher>] {
+//	    realm             <name>
+//	    store             file <path>
+//	    test_endpoint     <path> | off
+//	    allow_groups      <group...>
+//	    allow_ips         <cidr...>
+//	    anonymous         deny | allow
+//	    keep_authorization
+//	    session_cookies   <name...>
+//	    atlassian_headers on | off
+//	    token_prefix      <prefix>
+//	    max_lifetime      <duration>
+//	    cache_ttl         <duration>
+//	}
+//
+// Durations take Caddy's forms plus d for days (90d). Values are checked
+// here, so that `caddy adapt` and `caddy validate` name the subdirective
+// and the value that is wrong.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		sub := d.Val()
+		switch sub {
+		case "realm":
+			if !d.Args(&h.Realm) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if !realmPattern.MatchString(h.Realm) {
+				return d.Errf("realm %q: only letters, digits, '.', '_' and '-' are allowed", h.Realm)
+			}
+
+		case "store":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("store: want 'store file <path>'")
+			}
+			h.Store = tokenstore.Config{Type: args[0], Path: args[1]}
+			if err := h.Store.Validate(); err != nil {
+				return d.Errf("%v", err)
+			}
+
+		case "test_endpoint":
+			if !d.Args(&h.TestEndpoint) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.TestEndpoint != testEndpointOff && h.TestEndpoint[0] != '/' {
+				return d.Errf("test_endpoint %q: must be a path starting with / or 'off'", h.TestEndpoint)
+			}
+
+		case "allow_groups":
+			groups := d.RemainingArgs()
+			if len(groups) == 0 {
+				return d.ArgErr()
+			}
+			h.AllowGroups = append(h.AllowGroups, groups...)
+
+		case "allow_ips":
+			ranges := d.RemainingArgs()
+			if len(ranges) == 0 {
+				return d.ArgErr()
+			}
+			if _, err := tokenstore.ParsePrefixes(ranges); err != nil {
+				return d.Errf("allow_ips: %v", err)
+			}
+			h.AllowIPs = append(h.AllowIPs, ranges...)
+
+		case "anonymous":
+			if !d.Args(&h.Anonymous) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.Anonymous != anonymousDeny && h.Anonymous != anonymousAllow {
+				return d.Errf("anonymous %q: must be 'deny' or 'allow'", h.Anonymous)
+			}
+
+		case "keep_authorization":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.KeepAuthorization = true
+
+		case "session_cookies":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			for _, name := range names {
+				if !cookieNamePattern.MatchString(name) {
+					return d.Errf("session_cookies %q: not a valid cookie name", name)
+				}
+			}
+			h.SessionCookies = append(h.SessionCookies, names...)
+
+		case "atlassian_headers":
+			var onOff string
+			if !d.Args(&onOff) || d.NextArg() {
+				return d.ArgErr()
+			}
+			switch onOff {
+			case "on":
+				h.AtlassianHeaders = nil // the default
+			case "off":
+				off := false
+				h.AtlassianHeaders = &off
+			default:
+				return d.Errf("atlassian_headers %q: must be 'on' or 'off'", onOff)
+			}
+
+		case "token_prefix":
+			if !d.Args(&h.TokenPrefix) || d.NextArg() {
+				return d.ArgErr()
+			}
+			if !prefixPattern.MatchString(h.TokenPrefix) {
+				return d.Errf("token_prefix %q: only letters, digits, '_' and '-' are allowed", h.TokenPrefix)
+			}
+
+		case "max_lifetime", "cache_ttl":
+			dur, err := parseDurationArg(d, sub)
+			if err != nil {
+				return err
+			}
+			if sub == "max_lifetime" {
+				h.MaxLifetime = dur
+			} else {
+				h.CacheTTL = dur
+			}
+
+		default:
+			return d.Errf("unrecognized api_token_auth option %q", sub)
+		}
+	}
+	if h.Store.Type == "" {
+		return d.Err("api_token_auth: store is required, e.g. 'store file /etc/caddy/tokens.json'")
+	}
+	return nil
+}
+
+// parseDurationArg reads the one duration argument of subdirective sub.
+func parseDurationArg(d *caddyfile.Dispenser, sub string) (caddy.Duration, error) {
+	var s string
+	if !d.Args(&s) || d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return 0, d.Errf("%s %q: not a duration (e.g. 30s, 12h, 90d)", sub, s)
+	}
+	if dur < 0 {
+		return 0, d.Errf("%s %q: must not be negative", sub, s)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

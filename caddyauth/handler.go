@@ -1,0 +1,327 @@
+// Package caddyauth is the api_token_auth HTTP handler: it protects a site
+// or API with personal API tokens kept in a token store, and answers the
+// test endpoint that tells a client exactly why its credentials fail.
+package caddyauth
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the handler's options.
+const (
+	DefaultRealm        = "default"
+	DefaultTestEndpoint = "/rest/de.resolution.apitokenauth/latest/user/authTest"
+	DefaultCacheTTL     = 30 * time.Second
+
+	// testEndpointOff is the test_endpoint value that disables it.
+	testEndpointOff = "off"
+
+	// expiryWarning is how close to its expiry a token must be for
+	// responses to carry X-Api-Token-Expires.
+	expiryWarning = 14 * 24 * time.Hour
+)
+
+// Handler authenticates requests with personal API tokens, sent as
+// `Authorization: Bearer <token>` or as the password of HTTP Basic
+// authentication (`Authorization: Basic base64(<user>:<token>)`, where
+// the username must own the token).
+//
+// A request that passes every check goes on to the next handler with the
+// placeholders `{http.auth.user.id}` (the user), `{http.auth.user.token_id}`,
+// `{http.auth.user.token_name}`, `{http.auth.user.scope}` and
+// `{http.auth.user.groups}` (comma-separated) set. A request that fails is
+// answered at once with `{"message": "<why>"}` as JSON: 401 (with
+// `WWW-Authenticate` challenges for Basic and Bearer) when the credentials
+// are missing or the token is unknown, revoked or expired; 403 when the
+// token is valid but not allowed this request; 503 when the token store
+// cannot be asked. It never passes a failed request on.
+//
+// Requests to the test endpoint run the same checks and are always
+// answered 200 with a JSON verdict, never passed on.
+type Handler struct {
+	// The name of this realm, shown in WWW-Authenticate challenges; the
+	// admin API and the CLI address the realm by it. Letters, digits, '.',
+	// '_' and '-'. Default: "default".
+	Realm string `json:"realm,omitempty"`
+
+	// Where tokens and users are kept. Required.
+	Store tokenstore.Config `json:"store"`
+
+	// The path of the test endpoint, which tells a client whether its
+	// credentials work and why not. "off" disables it: the default path
+	// then answers that the endpoint was disabled. Default:
+	// "/rest/de.resolution.apitokenauth/latest/user/authTest".
+	TestEndpoint string `json:"test_endpoint,omitempty"`
+
+	// Only users in at least one of these groups may use tokens. Default:
+	// every user, listed in the store or not.
+	AllowGroups []string `json:"allow_groups,omitempty"`
+
+	// Client IP addresses or CIDR ranges from which tokens may be used.
+	// The client IP is Caddy's, which honours the server's trusted_proxies.
+	// Default: any address.
+	AllowIPs []string `json:"allow_ips,omitempty"`
+
+	// What to do with a request that has no Authorization header: "deny"
+	// answers 401; "allow" passes it on unauthenticated, with no user
+	// placeholders set. A request whose header is present but fails a
+	// check is refused either way. Default: "deny".
+	Anonymous string `json:"anonymous,omitempty"`
+
+	// Keep the Authorization header when passing the request on. Default:
+	// it is removed, so that the next handler (often a reverse proxy)
+	// never sees the token.
+	KeepAuthorization bool `json:"keep_authorization,omitempty"`
+
+	// Cookies that the test endpoint expires in every answer, so that a
+	// test never leaves a session behind (e.g. JSESSIONID). Default: none.
+	SessionCookies []string `json:"session_cookies,omitempty"`
+
+	// Send the headers that Atlassian clients read (X-Seraph-LoginReason,
+	// X-AUSERNAME, X-Authentication-Denied-Reason). Default: true.
+	AtlassianHeaders *bool `json:"atlassian_headers,omitempty"`
+
+	// The prefix of generated tokens. A presented token with this prefix
+	// and a wrong checksum is refused without a store look-up. Default:
+	// "cat_".
+	TokenPrefix string `json:"token_prefix,omitempty"`
+
+	// The longest lifetime a new token may have: a token created without
+	// an expiry gets now + max_lifetime, and one asked for beyond it is
+	// refused. Default: no limit.
+	MaxLifetime caddy.Duration `json:"max_lifetime,omitempty"`
+
+	// How long a server may trust a cached token look-up from a shared
+	// (SQL) store. The file store always answers from memory. Default: 30s.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+
+	store       tokenstore.Store
+	storeConfig tokenstore.Config // as acquired, placeholders expanded
+	allowIPs    []netip.Prefix
+	testPath    string
+	testEnabled bool // false when test_endpoint is "off"
+	atlassian   bool
+	logger      *zap.Logger
+	now         func() time.Time
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.api_token_auth",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets defaults and opens (or shares) the token store.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.now = time.Now
+	if h.Realm == "" {
+		h.Realm = DefaultRealm
+	}
+	if h.TokenPrefix == "" {
+		h.TokenPrefix = tokenstore.DefaultPrefix
+	}
+	if h.Anonymous == "" {
+		h.Anonymous = anonymousDeny
+	}
+	if h.CacheTTL == 0 {
+		h.CacheTTL = caddy.Duration(DefaultCacheTTL)
+	}
+	h.atlassian = h.AtlassianHeaders == nil || *h.AtlassianHeaders
+	switch h.TestEndpoint {
+	case "":
+		h.testPath, h.testEnabled = DefaultTestEndpoint, true
+	case testEndpointOff:
+		h.testPath, h.testEnabled = DefaultTestEndpoint, false
+	default:
+		h.testPath, h.testEnabled = h.TestEndpoint, true
+	}
+
+	var err error
+	if h.allowIPs, err = tokenstore.ParsePrefixes(h.AllowIPs); err != nil {
+		return fmt.Errorf("allow_ips: %v", err)
+	}
+	if err := h.Validate(); err != nil {
+		return err
+	}
+
+	h.storeConfig = h.Store.Expand(caddy.NewReplacer())
+	store, err := tokenstore.Acquire(h.storeConfig, h.logger.Named("store"))
+	if err != nil {
+		return fmt.Errorf("store %s: %v", h.storeConfig, err)
+	}
+	h.store = store
+	return nil
+}
+
+// Anonymous values.
+const (
+	anonymousDeny  = "deny"
+	anonymousAllow = "allow"
+)
+
+var (
+	realmPattern  = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+	prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+)
+
+// Validate checks the configuration; every message names the option and
+// the offending value.
+func (h *Handler) Validate() error {
+	if !realmPattern.MatchString(h.Realm) {
+		return fmt.Errorf("realm %q: only letters, digits, '.', '_' and '-' are allowed", h.Realm)
+	}
+	if err := h.Store.Validate(); err != nil {
+		return err
+	}
+	if h.TestEndpoint != "" && h.TestEndpoint != testEndpointOff && !strings.HasPrefix(h.TestEndpoint, "/") {
+		return fmt.Errorf("test_endpoint %q: must be a path starting with / or 'off'", h.TestEndpoint)
+	}
+	for _, g := range h.AllowGroups {
+		if g == "" {
+			return fmt.Errorf("allow_groups: empty group name")
+		}
+	}
+	if _, err := tokenstore.ParsePrefixes(h.AllowIPs); err != nil {
+		return fmt.Errorf("allow_ips: %v", err)
+	}
+	switch h.Anonymous {
+	case "", anonymousDeny, anonymousAllow:
+	default:
+		return fmt.Errorf("anonymous %q: must be 'deny' or 'allow'", h.Anonymous)
+	}
+	for _, name := range h.SessionCookies {
+		if !cookieNamePattern.MatchString(name) {
+			return fmt.Errorf("session_cookies %q: not a valid cookie name", name)
+		}
+	}
+	if h.TokenPrefix != "" && !prefixPattern.MatchString(h.TokenPrefix) {
+		return fmt.Errorf("token_prefix %q: only letters, digits, '_' and '-' are allowed", h.TokenPrefix)
+	}
+	if h.MaxLifetime < 0 {
+		return fmt.Errorf("max_lifetime %s: must not be negative", time.Duration(h.MaxLifetime))
+	}
+	if h.CacheTTL < 0 {
+		return fmt.Errorf("cache_ttl %s: must not be negative", time.Duration(h.CacheTTL))
+	}
+	return nil
+}
+
+// cookieNamePattern is RFC 6265's token: no separators, spaces or controls.
+var cookieNamePattern = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+// Cleanup gives the store back; the last config using it closes it.
+func (h *Handler) Cleanup() error {
+	if h.store == nil {
+		return nil
+	}
+	return tokenstore.Release(h.storeConfig)
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.URL.Path == h.testPath {
+		return h.serveTestEndpoint(w, r)
+	}
+	if h.Anonymous == anonymousAllow && len(r.Header.Values("Authorization")) == 0 {
+		return next.ServeHTTP(w, r)
+	}
+	ip := clientIP(r)
+	v := h.authenticate(r, ip)
+	if v.outcome != authenticated {
+		h.noteFailure(r, v, ip)
+		h.writeFailure(w, v)
+		return nil
+	}
+	h.noteSuccess(w, r, v, ip)
+	if !h.KeepAuthorization {
+		r.Header.Del("Authorization")
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// noteSuccess does what every successful authentication does, on a
+// protected route or the test endpoint: it records the use (batched by the
+// store), sets the user placeholders and the success headers.
+func (h *Handler) noteSuccess(w http.ResponseWriter, r *http.Request, v verdict, ip netip.Addr) {
+	t := v.token
+	now := h.now()
+	h.store.RecordUse(t.ID, now, ip)
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set("http.auth.user.id", t.User)
+	repl.Set("http.auth.user.token_id", t.ID)
+	repl.Set("http.auth.user.token_name", t.Name)
+	repl.Set("http.auth.user.scope", string(t.Scope))
+	groups := ""
+	if v.user != nil {
+		groups = v.user.JoinedGroups()
+	}
+	repl.Set("http.auth.user.groups", groups)
+
+	hdr := w.Header()
+	if h.atlassian {
+		setExactHeader(hdr, headerSeraphLoginReason, outcomes[authenticated].seraph)
+		setExactHeader(hdr, headerAUsername, t.User)
+	}
+	if t.Expires != nil && t.Expires.Sub(now) <= expiryWarning {
+		hdr.Set(headerAPITokenExpires, t.Expires.UTC().Format(time.RFC3339))
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "authenticated"); c != nil {
+		c.Write(zap.String("realm", h.Realm), zap.String("user", t.User),
+			zap.String("token_id", t.ID), zap.String("client_ip", ip.String()))
+	}
+}
+
+// noteFailure is the one place a failed attempt is accounted for: one INFO
+// line per failure (fail2ban-friendly), never with the secret. Lockout
+// counting joins it here.
+func (h *Handler) noteFailure(r *http.Request, v verdict, ip netip.Addr) {
+	c := h.logger.Check(zapcore.InfoLevel, "authentication failed")
+	if c == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("realm", h.Realm),
+		zap.String("reason", v.outcome.info().code),
+		zap.String("client_ip", ip.String()),
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+	}
+	if user := v.username; user != "" || v.token != nil {
+		if v.token != nil {
+			user = v.token.User
+		}
+		fields = append(fields, zap.String("user", user))
+	}
+	if v.token != nil {
+		fields = append(fields, zap.String("token_id", v.token.ID))
+	}
+	c.Write(fields...)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,492 @@
+package tokenstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// fileFormatVersion is the version of the store file format this code
+// writes; files of a newer version are refused rather than misread.
+const fileFormatVersion = 1
+
+// How often the file store looks for outside changes to its file, and how
+// often it writes batched last-use records. Polling (rather than inotify)
+// works on every filesystem, including network mounts and bind-mounted
+// Kubernetes secrets, and a stat per second costs nothing.
+const (
+	defaultPollEvery  = time.Second
+	defaultFlushEvery = 5 * time.Second
+)
+
+// fileDocument is the store file's JSON form.
+type fileDocument struct {
+	// Version of the format; 1.
+	Version int `json:"version"`
+	// Users by name.
+	Users map[string]*User `json:"users,omitempty"`
+	// Tokens, in creation order.
+	Tokens []*Token `json:"tokens"`
+	// Settings shared by every server that uses this file.
+	Settings Settings `json:"settings,omitzero"`
+}
+
+// fileSnapshot is one consistent, read-only view of the file, indexed for
+// the request path. It is replaced whole, never modified.
+type fileSnapshot struct {
+	byDigest map[Digest]*Token
+	users    map[string]*User
+	settings Settings
+}
+
+// fileStamp tells whether the file changed since it was last read.
+type fileStamp struct {
+	exists  bool
+	size    int64
+	modTime time.Time
+}
+
+// FileStore keeps users, tokens and settings in one JSON file. It serves
+// every read from an in-memory snapshot, picks up outside edits of the file
+// within about a second, keeps serving the last good contents when the file
+// is corrupt or half-written, and writes through a temporary file and a
+// rename, so that readers never see a partial file.
+type FileStore struct {
+	path   string
+	logger *zap.Logger
+
+	current atomic.Pointer[fileSnapshot]
+
+	// writeMu serialises every read-modify-write and reload of the file.
+	// The request path never takes it.
+	writeMu sync.Mutex
+	seen    fileStamp // the file version last read or tried; guarded by writeMu
+
+	// usesMu guards pending, the last-use records not yet written.
+	usesMu  sync.Mutex
+	pending map[string]*pendingUse
+
+	pollEvery, flushEvery time.Duration
+	stop                  chan struct{}
+	done                  chan struct{}
+	closeOnce             sync.Once
+}
+
+// pendingUse is what RecordUse gathered for one token since the last flush.
+type pendingUse struct {
+	at  time.Time
+	ips []netip.Addr // distinct, oldest first, at most MaxLastIPs
+}
+
+// OpenFile loads the store file at path and starts watching it. A missing
+// file is an empty store (the CLI creates it with the first token); a file
+// that cannot be read or parsed is an error.
+func OpenFile(path string, logger *zap.Logger) (*FileStore, error) {
+	return openFile(path, logger, defaultPollEvery, defaultFlushEvery)
+}
+
+func openFile(path string, logger *zap.Logger, pollEvery, flushEvery time.Duration) (*FileStore, error) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	s := &FileStore{
+		path:       path,
+		logger:     logger,
+		pending:    make(map[string]*pendingUse),
+		pollEvery:  pollEvery,
+		flushEvery: flushEvery,
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	stamp, err := statFile(path)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := readDocument(path)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := doc.snapshot()
+	if err != nil {
+		return nil, fmt.Errorf("token store file %s: %v", path, err)
+	}
+	if !stamp.exists {
+		logger.Info("token store file does not exist yet; starting with no tokens", zap.String("file", path))
+	}
+	s.seen = stamp
+	s.current.Store(snap)
+	go s.loop()
+	return s, nil
+}
+
+// Kind implements Store.
+func (*FileStore) Kind() string { return TypeFile }
+
+// LookupToken implements Store.
+func (s *FileStore) LookupToken(_ context.Context, d Digest) (*Token, error) {
+	if t, ok := s.current.Load().byDigest[d]; ok {
+		return t, nil
+	}
+	return nil, ErrNotFound
+}
+
+// LookupUser implements Store.
+func (s *FileStore) LookupUser(_ context.Context, name string) (*User, error) {
+	return s.current.Load().users[name], nil
+}
+
+// Settings implements Store.
+func (s *FileStore) Settings(context.Context) (Settings, error) {
+	return s.current.Load().settings, nil
+}
+
+// Tokens returns every token, in file order. For listings, not requests.
+func (s *FileStore) Tokens() []*Token {
+	snap := s.current.Load()
+	out := make([]*Token, 0, len(snap.byDigest))
+	for _, t := range snap.byDigest {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b *Token) int { return a.Created.Compare(b.Created) })
+	return out
+}
+
+// RecordUse implements Store. It only updates an in-memory record; the
+// store's loop writes them in one batch every few seconds.
+func (s *FileStore) RecordUse(id string, at time.Time, ip netip.Addr) {
+	s.usesMu.Lock()
+	defer s.usesMu.Unlock()
+	u := s.pending[id]
+	if u == nil {
+		u = &pendingUse{ips: make([]netip.Addr, 0, MaxLastIPs)}
+		s.pending[id] = u
+	}
+	if at.After(u.at) {
+		u.at = at
+	}
+	if !ip.IsValid() {
+		return
+	}
+	if i := slices.Index(u.ips, ip); i >= 0 {
+		u.ips = slices.Delete(u.ips, i, i+1)
+	} else if len(u.ips) == MaxLastIPs {
+		u.ips = slices.Delete(u.ips, 0, 1)
+	}
+	u.ips = append(u.ips, ip)
+}
+
+// CreateToken implements Store.
+func (s *FileStore) CreateToken(_ context.Context, t Token) error {
+	if err := t.Prepare(); err != nil {
+		return err
+	}
+	return s.update(func(doc *fileDocument) error {
+		for _, have := range doc.Tokens {
+			if have.ID == t.ID {
+				return fmt.Errorf("token %s already exists", t.ID)
+			}
+		}
+		doc.Tokens = append(doc.Tokens, &t)
+		return nil
+	})
+}
+
+// Close stops watching the file and writes pending last-use records.
+func (s *FileStore) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.flushUses()
+	})
+	return nil
+}
+
+func (s *FileStore) loop() {
+	defer close(s.done)
+	poll := time.NewTicker(s.pollEvery)
+	defer poll.Stop()
+	flush := time.NewTicker(s.flushEvery)
+	defer flush.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-poll.C:
+			s.reloadIfChanged()
+		case <-flush.C:
+			s.flushUses()
+		}
+	}
+}
+
+// reloadIfChanged rereads the file when its size or modification time
+// changed. A file that does not parse is reported once per change and the
+// last good contents keep serving.
+func (s *FileStore) reloadIfChanged() {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	stamp, err := statFile(s.path)
+	if err != nil {
+		s.logger.Error("checking token store file", zap.String("file", s.path), zap.Error(err))
+		return
+	}
+	if stamp == s.seen {
+		return
+	}
+	s.seen = stamp
+	if !stamp.exists {
+		s.logger.Error("token store file disappeared; still serving its last good contents", zap.String("file", s.path))
+		return
+	}
+	doc, err := readDocument(s.path)
+	var snap *fileSnapshot
+	if err == nil {
+		snap, err = doc.snapshot()
+	}
+	if err != nil {
+		s.logger.Error("token store file not loaded; still serving its last good contents",
+			zap.String("file", s.path), zap.Error(err))
+		return
+	}
+	s.current.Store(snap)
+	s.logger.Info("token store file reloaded", zap.String("file", s.path), zap.Int("tokens", len(snap.byDigest)))
+}
+
+// flushUses writes the pending last-use records in one file write. If the
+// write fails they are kept for the next try.
+func (s *FileStore) flushUses() {
+	s.usesMu.Lock()
+	uses := s.pending
+	if len(uses) == 0 {
+		s.usesMu.Unlock()
+		return
+	}
+	s.pending = make(map[string]*pendingUse, len(uses))
+	s.usesMu.Unlock()
+
+	err := s.update(func(doc *fileDocument) error {
+		for _, t := range doc.Tokens {
+			if u, ok := uses[t.ID]; ok {
+				u.applyTo(t)
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		return
+	}
+	s.logger.Error("writing token last-use records; will retry", zap.String("file", s.path), zap.Error(err))
+	s.usesMu.Lock()
+	defer s.usesMu.Unlock()
+	for id, older := range uses {
+		if newer, ok := s.pending[id]; ok {
+			older.merge(newer)
+		}
+		s.pending[id] = older
+	}
+}
+
+// applyTo records u in t: the newest use time, and the client IPs newest
+// first, merged with those already recorded.
+func (u *pendingUse) applyTo(t *Token) {
+	if t.LastUsed == nil || u.at.After(*t.LastUsed) {
+		at := u.at.UTC()
+		t.LastUsed = &at
+	}
+	ips := make([]string, 0, MaxLastIPs)
+	for i := len(u.ips) - 1; i >= 0 && len(ips) < MaxLastIPs; i-- {
+		ips = append(ips, u.ips[i].String())
+	}
+	for _, old := range t.LastIPs {
+		if len(ips) == MaxLastIPs {
+			break
+		}
+		if !slices.Contains(ips, old) {
+			ips = append(ips, old)
+		}
+	}
+	t.LastIPs = ips
+}
+
+// merge folds the newer record n into u.
+func (u *pendingUse) merge(n *pendingUse) {
+	if n.at.After(u.at) {
+		u.at = n.at
+	}
+	for _, ip := range n.ips {
+		if i := slices.Index(u.ips, ip); i >= 0 {
+			u.ips = slices.Delete(u.ips, i, i+1)
+		}
+		u.ips = append(u.ips, ip)
+	}
+	if extra := len(u.ips) - MaxLastIPs; extra > 0 {
+		u.ips = slices.Delete(u.ips, 0, extra)
+	}
+}
+
+// update rereads the file, applies change, and writes the result
+// atomically. It refuses to write over a file it cannot parse: someone may
+// be halfway through editing it, and their work must not be lost.
+func (s *FileStore) update(change func(*fileDocument) error) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	doc, err := readDocument(s.path)
+	if err != nil {
+		return fmt.Errorf("not writing over it: %v", err)
+	}
+	if err := change(doc); err != nil {
+		return err
+	}
+	snap, err := doc.snapshot()
+	if err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding token store: %v", err)
+	}
+	if err := writeFileAtomic(s.path, append(data, '\n')); err != nil {
+		return err
+	}
+	if s.seen, err = statFile(s.path); err != nil {
+		return err
+	}
+	s.current.Store(snap)
+	return nil
+}
+
+// readDocument reads and decodes the store file. A missing file is an
+// empty document. Unknown fields are errors: a misspelt "allowed_ips"
+// must not silently allow every address.
+func readDocument(path string) (*fileDocument, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &fileDocument{Version: fileFormatVersion}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading token store file: %v", err)
+	}
+	doc, err := decodeDocument(data)
+	if err != nil {
+		return nil, fmt.Errorf("token store file %s: %v", path, err)
+	}
+	return doc, nil
+}
+
+func decodeDocument(data []byte) (*fileDocument, error) {
+	doc := new(fileDocument)
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(doc); err != nil {
+		return nil, fmt.Errorf("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("invalid JSON: unexpected data after the top-level object")
+	}
+	switch {
+	case doc.Version == 0:
+		doc.Version = fileFormatVersion
+	case doc.Version > fileFormatVersion:
+		return nil, fmt.Errorf("format version %d is newer than this plugin understands (%d)", doc.Version, fileFormatVersion)
+	}
+	return doc, nil
+}
+
+// snapshot validates the document and indexes it for the request path.
+func (doc *fileDocument) snapshot() (*fileSnapshot, error) {
+	snap := &fileSnapshot{
+		byDigest: make(map[Digest]*Token, len(doc.Tokens)),
+		users:    make(map[string]*User, len(doc.Users)),
+		settings: doc.Settings,
+	}
+	ids := make(map[string]struct{}, len(doc.Tokens))
+	for i, t := range doc.Tokens {
+		if t == nil {
+			return nil, fmt.Errorf("tokens[%d] is null", i)
+		}
+		// Index a copy, so that a later change to the document (a flush
+		// updating last_used) never races with requests reading this one.
+		c := *t
+		if err := c.Prepare(); err != nil {
+			return nil, fmt.Errorf("tokens[%d]: %v", i, err)
+		}
+		if _, dup := ids[c.ID]; dup {
+			return nil, fmt.Errorf("tokens[%d]: duplicate token id %s", i, c.ID)
+		}
+		ids[c.ID] = struct{}{}
+		if _, dup := snap.byDigest[c.digest]; dup {
+			return nil, fmt.Errorf("tokens[%d]: token %s has the same hash as another token", i, c.ID)
+		}
+		snap.byDigest[c.digest] = &c
+	}
+	for name, u := range doc.Users {
+		if u == nil {
+			u = new(User)
+		}
+		c := *u
+		c.Prepare()
+		snap.users[name] = &c
+	}
+	return snap, nil
+}
+
+func statFile(path string) (fileStamp, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileStamp{}, nil
+	}
+	if err != nil {
+		return fileStamp{}, fmt.Errorf("token store file: %v", err)
+	}
+	return fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime()}, nil
+}
+
+// writeFileAtomic replaces path with data, readable by its owner only. It
+// writes a temporary file in the same directory, syncs it and renames it
+// over path, so that a crash leaves either the old file or the new one.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("writing token store file: %v", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing token store file: %v", err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing token store file: %v", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing token store file: %v", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing token store file: %v", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("writing token store file: %v", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // make the rename itself durable
+		d.Close()
+	}
+	return nil
+}
+
+// Interface guard
+var _ Store = (*FileStore)(nil)

@@ -1,0 +1,170 @@
+// Package tokenstore keeps API tokens, their users and the realm's run-time
+// settings, and defines the token format. Stores hold only the SHA-256 of a
+// token, never the token itself.
+package tokenstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// ErrNotFound is returned when a token or user does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrUnavailable wraps every error that means the store could not be asked
+// (as opposed to answering "no"). The handler turns it into a 503: a store
+// outage fails closed.
+var ErrUnavailable = errors.New("token store unavailable")
+
+// Store is where a realm's tokens, users and settings live. The read
+// methods are on every request's path: implementations answer them from
+// memory whenever they can.
+type Store interface {
+	// Kind names the implementation ("file").
+	Kind() string
+
+	// LookupToken returns the token whose secret has digest d, or
+	// ErrNotFound. The result is shared: callers must not modify it.
+	LookupToken(ctx context.Context, d Digest) (*Token, error)
+
+	// LookupUser returns the user's record, or nil when the user is not
+	// listed. The result is shared: callers must not modify it.
+	LookupUser(ctx context.Context, name string) (*User, error)
+
+	// Settings returns the run-time settings.
+	Settings(ctx context.Context) (Settings, error)
+
+	// RecordUse notes that token id authenticated a request at at from ip.
+	// It never blocks on I/O: stores write uses in batches.
+	RecordUse(id string, at time.Time, ip netip.Addr)
+
+	// CreateToken durably adds t, which must not exist yet.
+	CreateToken(ctx context.Context, t Token) error
+
+	// Close writes what is pending and releases the store's resources.
+	Close() error
+}
+
+// Config says which store a realm uses. In a Caddyfile it is written
+// `store file <path>`; placeholders such as {env.TOKENS_FILE} are expanded
+// when the handler is provisioned.
+type Config struct {
+	// Type of store. Only "file" for now: a JSON file of users and tokens.
+	Type string `json:"type"`
+
+	// Path of the store file. Relative paths are relative to Caddy's
+	// working directory.
+	Path string `json:"path,omitempty"`
+}
+
+// Store types.
+const (
+	TypeFile = "file"
+)
+
+// ParseSpec reads the CLI's `--store` form, `file:<path>`.
+func ParseSpec(spec string) (Config, error) {
+	typ, rest, ok := strings.Cut(spec, ":")
+	if !ok || rest == "" {
+		return Config{}, fmt.Errorf("store %q: want file:<path>", spec)
+	}
+	cfg := Config{Type: typ, Path: rest}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks the configuration without touching the store.
+func (c Config) Validate() error {
+	switch c.Type {
+	case TypeFile:
+		if c.Path == "" {
+			return fmt.Errorf("store file: path is required")
+		}
+		return nil
+	case "":
+		return fmt.Errorf("store: type is required (file)")
+	}
+	return fmt.Errorf("store: unknown type %q (want file)", c.Type)
+}
+
+// Expand replaces known placeholders ({env.*}, {file.*}, …) in the config.
+func (c Config) Expand(repl *caddy.Replacer) Config {
+	c.Path = repl.ReplaceKnown(c.Path, "")
+	return c
+}
+
+// String identifies the store for logs and error messages.
+func (c Config) String() string {
+	return c.Type + ":" + c.Path
+}
+
+// Open opens the store described by c. Each open store watches its
+// backing data; Close it when done.
+func Open(c Config, logger *zap.Logger) (Store, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	switch c.Type {
+	case TypeFile:
+		return OpenFile(c.Path, logger)
+	}
+	return nil, fmt.Errorf("store: unknown type %q", c.Type)
+}
+
+// stores holds the open stores of every loaded config, keyed by what they
+// open, so that a `caddy reload` keeps the loaded tokens, pending last-use
+// records and file watchers, and so that realms sharing a file share one
+// store.
+var stores = caddy.NewUsagePool()
+
+type pooledStore struct{ Store }
+
+func (p pooledStore) Destruct() error { return p.Close() }
+
+// Acquire opens the store described by c or, if a loaded config already
+// has it open, shares that one. Each Acquire must be paired with a Release.
+func Acquire(c Config, logger *zap.Logger) (Store, error) {
+	key, err := poolKey(c)
+	if err != nil {
+		return nil, err
+	}
+	v, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		s, err := Open(c, logger)
+		if err != nil {
+			return nil, err
+		}
+		return pooledStore{s}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(pooledStore).Store, nil
+}
+
+// Release gives back a store taken with Acquire; the last release closes it.
+func Release(c Config) error {
+	key, err := poolKey(c)
+	if err != nil {
+		return err
+	}
+	_, err = stores.Delete(key)
+	return err
+}
+
+func poolKey(c Config) (string, error) {
+	if err := c.Validate(); err != nil {
+		return "", err
+	}
+	abs, err := filepath.Abs(c.Path)
+	if err != nil {
+		return "", fmt.Errorf("store %s: %v", c, err)
+	}
+	return c.Type + ":" + abs, nil
+}
