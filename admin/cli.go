@@ -33,10 +33,13 @@ Manages the personal API tokens that the api_token_auth handler checks.
 
 Run 'caddy api-token <command> --help' for a command's flags.
 `,
-		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(createCommand(), hashCommand())
-		},
+		CobraFunc: addSubcommands,
 	})
+}
+
+// addSubcommands builds `caddy api-token` under cmd.
+func addSubcommands(cmd *cobra.Command) {
+	cmd.AddCommand(createCommand(), hashCommand())
 }
 
 func createCommand() *cobra.Command {
@@ -54,7 +57,9 @@ A description of the token goes to standard error.
 --prefix must match the realm's token_prefix. Default: cat_.
 `,
 		Args: cobra.NoArgs,
-		RunE: caddycmd.WrapCommandFuncForCobra(cmdCreate),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCreate(cmd, time.Now())
+		},
 	}
 	f := cmd.Flags()
 	f.String("store", "", "Token store to write to: file:<path>")
@@ -67,31 +72,40 @@ A description of the token goes to standard error.
 	return cmd
 }
 
-func cmdCreate(fl caddycmd.Flags) (int, error) {
+// runCreate creates the token. The secret goes to the command's standard
+// output alone on its line; everything else to its standard error.
+func runCreate(cmd *cobra.Command, now time.Time) error {
+	fl := caddycmd.Flags{FlagSet: cmd.Flags()}
 	storeSpec := fl.String("store")
 	if storeSpec == "" {
-		return caddy.ExitCodeFailedStartup, errors.New("--store is required, e.g. --store file:/etc/caddy/tokens.json")
+		return errors.New("--store is required, e.g. --store file:/etc/caddy/tokens.json")
 	}
 	cfg, err := tokenstore.ParseSpec(storeSpec)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("--store: %v", err)
+		return fmt.Errorf("--store: %v", err)
 	}
 	scope, err := tokenstore.ParseScope(fl.String("scope"))
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("--scope: %v", err)
+		return fmt.Errorf("--scope: %v", err)
 	}
-	now := time.Now()
 	var expires *time.Time
 	if s := fl.String("expires"); s != "" {
 		at, err := parseExpiry(s, now)
 		if err != nil {
-			return caddy.ExitCodeFailedStartup, fmt.Errorf("--expires: %v", err)
+			return fmt.Errorf("--expires: %v", err)
 		}
 		expires = &at
 	}
 	ips, err := fl.GetStringArray("ip")
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
+	}
+	if _, err := tokenstore.ParsePrefixes(ips); err != nil {
+		return fmt.Errorf("--ip: %v", err)
+	}
+	prefix := fl.String("prefix")
+	if err := tokenstore.ValidatePrefix(prefix); err != nil {
+		return fmt.Errorf("--prefix %v", err)
 	}
 	req := tokenstore.TokenRequest{
 		User:       fl.String("user"),
@@ -101,27 +115,27 @@ func cmdCreate(fl caddycmd.Flags) (int, error) {
 		AllowedIPs: ips,
 	}
 	if req.User == "" {
-		return caddy.ExitCodeFailedStartup, errors.New("--user is required")
+		return errors.New("--user is required")
 	}
-	token, secret, err := tokenstore.NewToken(req, fl.String("prefix"), now, 0)
+	token, secret, err := tokenstore.NewToken(req, prefix, now, 0)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
 	}
 
 	store, err := tokenstore.Open(cfg, nil)
 	if err != nil {
-		return caddy.ExitCodeFailedStartup, err
+		return err
 	}
 	defer store.Close()
 	if err := store.CreateToken(context.Background(), token); err != nil {
-		return caddy.ExitCodeFailedStartup, fmt.Errorf("creating token in %s: %v", cfg, err)
+		return fmt.Errorf("creating token in %s: %v", cfg, err)
 	}
 
-	fmt.Fprintf(os.Stderr, "Created token %s for user %s (%s, expires %s) in %s.\n",
+	fmt.Fprintf(cmd.ErrOrStderr(), "Created token %s for user %s (%s, expires %s) in %s.\n",
 		token.ID, token.User, token.Scope, describeExpiry(token.Expires), cfg)
-	fmt.Fprintln(os.Stderr, "The token follows; it is shown only this once:")
-	fmt.Println(secret)
-	return caddy.ExitCodeSuccess, nil
+	fmt.Fprintln(cmd.ErrOrStderr(), "The token follows; it is shown only this once:")
+	fmt.Fprintln(cmd.OutOrStdout(), secret)
+	return nil
 }
 
 // parseExpiry reads a duration from now (Caddy's forms plus d for days)
@@ -155,7 +169,7 @@ from another system, or to find a token in a store file.
 `,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			secret, err := readSecret(os.Stdin)
+			secret, err := readSecret(cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
@@ -167,9 +181,10 @@ from another system, or to find a token in a store file.
 
 // readSecret reads one line: from a terminal without echo, otherwise as
 // piped in. Surrounding whitespace (a trailing newline) is not part of it.
-func readSecret(in *os.File) (string, error) {
+func readSecret(in io.Reader) (string, error) {
 	var line string
-	if fd := int(in.Fd()); term.IsTerminal(fd) {
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fd := int(f.Fd())
 		fmt.Fprint(os.Stderr, "Token: ")
 		b, err := term.ReadPassword(fd)
 		fmt.Fprintln(os.Stderr)

@@ -138,8 +138,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.TokenPrefix) || d.NextArg() {
 				return d.ArgErr()
 			}
-			if !prefixPattern.MatchString(h.TokenPrefix) {
-				return d.Errf("token_prefix %q: only letters, digits, '_' and '-' are allowed", h.TokenPrefix)
+			if err := tokenstore.ValidatePrefix(h.TokenPrefix); err != nil {
+				return d.Errf("token_prefix %v", err)
 			}
 
 		case "max_lifetime", "cache_ttl":

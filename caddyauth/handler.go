@@ -178,10 +178,7 @@ const (
 	anonymousAllow = "allow"
 )
 
-var (
-	realmPattern  = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
-	prefixPattern = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-)
+var realmPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 
 // Validate checks the configuration; every message names the option and
 // the offending value.
@@ -213,8 +210,10 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("session_cookies %q: not a valid cookie name", name)
 		}
 	}
-	if h.TokenPrefix != "" && !prefixPattern.MatchString(h.TokenPrefix) {
-		return fmt.Errorf("token_prefix %q: only letters, digits, '_' and '-' are allowed", h.TokenPrefix)
+	if h.TokenPrefix != "" {
+		if err := tokenstore.ValidatePrefix(h.TokenPrefix); err != nil {
+			return fmt.Errorf("token_prefix %v", err)
+		}
 	}
 	if h.MaxLifetime < 0 {
 		return fmt.Errorf("max_lifetime %s: must not be negative", time.Duration(h.MaxLifetime))
@@ -292,19 +291,27 @@ func (h *Handler) noteSuccess(w http.ResponseWriter, r *http.Request, v verdict,
 }
 
 // noteFailure is the one place a failed attempt is accounted for: one INFO
-// line per failure (fail2ban-friendly), never with the secret. Lockout
+// line per failure (fail2ban-friendly), never with the secret. A request
+// that carried no Authorization header at all is not an attempt (browsers
+// send one first to get the challenge): it is logged at DEBUG. Lockout
 // counting joins it here.
 func (h *Handler) noteFailure(r *http.Request, v verdict, ip netip.Addr) {
-	c := h.logger.Check(zapcore.InfoLevel, "authentication failed")
+	level := zapcore.InfoLevel
+	if v.outcome == noCredentials && len(r.Header.Values("Authorization")) == 0 {
+		level = zapcore.DebugLevel
+	}
+	c := h.logger.Check(level, "authentication failed")
 	if c == nil {
 		return
 	}
+	// The path, not the URI: a query string may carry anything, secrets
+	// included.
 	fields := []zap.Field{
 		zap.String("realm", h.Realm),
 		zap.String("reason", v.outcome.info().code),
 		zap.String("client_ip", ip.String()),
 		zap.String("method", r.Method),
-		zap.String("uri", r.RequestURI),
+		zap.String("path", r.URL.Path),
 	}
 	if user := v.username; user != "" || v.token != nil {
 		if v.token != nil {

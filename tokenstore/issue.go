@@ -71,7 +71,7 @@ func capExpiry(requested *time.Time, now time.Time, maxLifetime time.Duration) (
 		if requested == nil {
 			return nil, nil
 		}
-		at := requested.UTC()
+		at := requested.UTC().Truncate(time.Second)
 		return &at, nil
 	}
 	limit := now.Add(maxLifetime)
@@ -83,6 +83,6 @@ func capExpiry(requested *time.Time, now time.Time, maxLifetime time.Duration) (
 		return nil, fmt.Errorf("expires: %s is beyond max_lifetime (%s, i.e. %s at the latest)",
 			requested.Format(time.RFC3339), maxLifetime, limit.UTC().Format(time.RFC3339))
 	}
-	at := requested.UTC()
+	at := requested.UTC().Truncate(time.Second)
 	return &at, nil
 }

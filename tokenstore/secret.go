@@ -25,6 +25,20 @@ const (
 	sha256Scheme = "sha256:"
 )
 
+// ValidatePrefix checks a token prefix: letters, digits, '_' and '-', so
+// that a token stays one word in headers, shells and URLs.
+func ValidatePrefix(prefix string) error {
+	if prefix == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	for i := 0; i < len(prefix); i++ {
+		if c := prefix[i]; !isBase62(c) && c != '_' && c != '-' {
+			return fmt.Errorf("%q: only letters, digits, '_' and '-' are allowed", prefix)
+		}
+	}
+	return nil
+}
+
 // GenerateSecret returns a new token secret: prefix, 32 random base62
 // characters from crypto/rand, and 6 characters of checksum.
 func GenerateSecret(prefix string) (string, error) {
