@@ -20,16 +20,16 @@ type fixture struct {
 
 // The cast. Every token belongs to alice unless its name says otherwise.
 const (
-	tokRW          = "rw"           // read-write, no limits
-	tokRO          = "ro"           // read-only
-	tokExpired     = "expired"      // expired an hour ago
-	tokRevoked     = "revoked"      // revoked an hour ago
-	tokSoon        = "soon"         // expires in 3 days
-	tokIPLimited   = "ip-limited"   // allowed only from 192.0.2.0/24
-	tokHeaders     = "headers"      // requires X-Team: blue and X-Env: prod
-	tokBob         = "bob"          // bob's; bob is disabled
-	tokCarol       = "carol"        // carol's; carol is in no group
-	tokImported    = "imported"     // no cat_ prefix: imported from elsewhere
+	tokRW          = "rw"         // read-write, no limits
+	tokRO          = "ro"         // read-only
+	tokExpired     = "expired"    // expired an hour ago
+	tokRevoked     = "revoked"    // revoked an hour ago
+	tokSoon        = "soon"       // expires in 3 days
+	tokIPLimited   = "ip-limited" // allowed only from 192.0.2.0/24
+	tokHeaders     = "headers"    // requires X-Team: blue and X-Env: prod
+	tokBob         = "bob"        // bob's; bob is disabled
+	tokCarol       = "carol"      // carol's; carol is in no group
+	tokImported    = "imported"   // no cat_ prefix: imported from elsewhere
 	fixtureTeamHdr = "X-Team"
 )
 
