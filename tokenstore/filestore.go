@@ -3,9 +3,11 @@ package tokenstore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -30,6 +32,12 @@ const (
 	defaultPollEvery  = time.Second
 	defaultFlushEvery = 5 * time.Second
 )
+
+// racyStampWindow: two versions of the file written within the file
+// system's timestamp granularity (a clock tick, or up to 2 s on some file
+// systems) can have the same size and modification time. While the
+// modification time is this recent, the poll also compares the contents.
+const racyStampWindow = 3 * time.Second
 
 // fileDocument is the store file's JSON form.
 type fileDocument struct {
@@ -56,6 +64,7 @@ type fileStamp struct {
 	exists  bool
 	size    int64
 	modTime time.Time
+	sum     Digest // SHA-256 of the contents; zero from statFile, which does not read them
 }
 
 // FileStore keeps users, tokens and settings in one JSON file. It serves
@@ -110,11 +119,7 @@ func openFile(path string, logger *zap.Logger, pollEvery, flushEvery time.Durati
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 	}
-	stamp, err := statFile(path)
-	if err != nil {
-		return nil, err
-	}
-	doc, err := readDocument(path)
+	doc, stamp, err := readDocument(path)
 	if err != nil {
 		return nil, err
 	}
@@ -232,25 +237,30 @@ func (s *FileStore) loop() {
 }
 
 // reloadIfChanged rereads the file when its size or modification time
-// changed. A file that does not parse is reported once per change and the
-// last good contents keep serving.
+// changed, or, while the modification time is recent, when its contents
+// did. A file that does not parse is reported once per change and the last
+// good contents keep serving.
 func (s *FileStore) reloadIfChanged() {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	stamp, err := statFile(s.path)
+	stat, err := statFile(s.path)
 	if err != nil {
 		s.logger.Error("checking token store file", zap.String("file", s.path), zap.Error(err))
 		return
 	}
+	stat.sum = s.seen.sum // a stat cannot tell; the contents are compared below
+	if stat == s.seen && (!stat.exists || time.Since(stat.modTime) > racyStampWindow) {
+		return
+	}
+	doc, stamp, err := readDocument(s.path)
 	if stamp == s.seen {
 		return
 	}
 	s.seen = stamp
-	if !stamp.exists {
+	if err == nil && !stamp.exists {
 		s.logger.Error("token store file disappeared; still serving its last good contents", zap.String("file", s.path))
 		return
 	}
-	doc, err := readDocument(s.path)
 	var snap *fileSnapshot
 	if err == nil {
 		snap, err = doc.snapshot()
@@ -342,9 +352,14 @@ func (u *pendingUse) merge(n *pendingUse) {
 func (s *FileStore) update(change func(*fileDocument) error) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	doc, err := readDocument(s.path)
+	doc, _, err := readDocument(s.path)
 	if err != nil {
 		return fmt.Errorf("not writing over it: %v", err)
+	}
+	// Validate before change runs: change may assume every token is there
+	// (a "null" entry would otherwise crash it).
+	if _, err := doc.snapshot(); err != nil {
+		return fmt.Errorf("not writing over it: token store file %s: %v", s.path, err)
 	}
 	if err := change(doc); err != nil {
 		return err
@@ -357,32 +372,46 @@ func (s *FileStore) update(change func(*fileDocument) error) error {
 	if err != nil {
 		return fmt.Errorf("encoding token store: %v", err)
 	}
-	if err := writeFileAtomic(s.path, append(data, '\n')); err != nil {
+	data = append(data, '\n')
+	if err := writeFileAtomic(s.path, data); err != nil {
 		return err
 	}
 	if s.seen, err = statFile(s.path); err != nil {
 		return err
 	}
+	s.seen.sum = sha256.Sum256(data)
 	s.current.Store(snap)
 	return nil
 }
 
-// readDocument reads and decodes the store file. A missing file is an
-// empty document. Unknown fields are errors: a misspelt "allowed_ips"
-// must not silently allow every address.
-func readDocument(path string) (*fileDocument, error) {
-	data, err := os.ReadFile(path)
+// readDocument reads and decodes the store file, and returns the stamp of
+// the version it read (also when that does not decode), stat and contents
+// taken from one open file so that they always match. A missing file is an
+// empty document with a zero stamp. Unknown fields are errors: a misspelt
+// "allowed_ips" must not silently allow every address.
+func readDocument(path string) (*fileDocument, fileStamp, error) {
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &fileDocument{Version: fileFormatVersion}, nil
+		return &fileDocument{Version: fileFormatVersion}, fileStamp{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("reading token store file: %v", err)
+		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
 	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
+	}
+	stamp := fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime(), sum: sha256.Sum256(data)}
 	doc, err := decodeDocument(data)
 	if err != nil {
-		return nil, fmt.Errorf("token store file %s: %v", path, err)
+		return nil, stamp, fmt.Errorf("token store file %s: %v", path, err)
 	}
-	return doc, nil
+	return doc, stamp, nil
 }
 
 func decodeDocument(data []byte) (*fileDocument, error) {
@@ -392,10 +421,13 @@ func decodeDocument(data []byte) (*fileDocument, error) {
 	if err := dec.Decode(doc); err != nil {
 		return nil, fmt.Errorf("invalid JSON: %v", err)
 	}
-	if dec.More() {
+	// dec.More would miss a stray '}' or ']' after the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("invalid JSON: unexpected data after the top-level object")
 	}
 	switch {
+	case doc.Version < 0:
+		return nil, fmt.Errorf("format version %d is not valid", doc.Version)
 	case doc.Version == 0:
 		doc.Version = fileFormatVersion
 	case doc.Version > fileFormatVersion:

@@ -64,7 +64,9 @@ func NewToken(req TokenRequest, prefix string, now time.Time, maxLifetime time.D
 
 // capExpiry applies max_lifetime (when > 0) to a requested expiry.
 func capExpiry(requested *time.Time, now time.Time, maxLifetime time.Duration) (*time.Time, error) {
-	if requested != nil && !requested.After(now) {
+	// Expiries are kept to the second, so one must be a second away to be
+	// in the future once truncated.
+	if requested != nil && !requested.Truncate(time.Second).After(now) {
 		return nil, fmt.Errorf("expires: %s is not in the future", requested.Format(time.RFC3339))
 	}
 	if maxLifetime <= 0 {

@@ -206,13 +206,22 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 		if err != nil {
 			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", s)
 		}
-		return p.Masked(), nil
+		return unmapPrefix(p).Masked(), nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("invalid IP address or CIDR %q", s)
 	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	return unmapPrefix(netip.PrefixFrom(a, a.BitLen())), nil
+}
+
+// unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:192.0.2.0/120) into
+// its IPv4 form, because client addresses are compared unmapped.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
 }
 
 // PrefixesContain reports whether ip is in one of prefixes; an empty list
