@@ -147,6 +147,9 @@ func (h *Handler) authenticate(r *http.Request, clientIP netip.Addr) verdict {
 		v.outcome = invalidToken
 		return v
 	}
+	// Tokens are found by the SHA-256 of the secret, never by comparing
+	// secrets: how long a look-up takes can only tell an attacker about
+	// hashes of their own guesses, not about any stored secret.
 	token, err := h.store.LookupToken(r.Context(), tokenstore.DigestOf(cred.secret))
 	if err != nil {
 		v.outcome = lookupFailure(err)
