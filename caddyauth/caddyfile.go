@@ -6,6 +6,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-apitoken/caddy-apitoken/captcha"
 	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 )
 
@@ -37,6 +38,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    token_prefix      <prefix>
 //	    max_lifetime      <duration>
 //	    cache_ttl         <duration>
+//	    lockout {
+//	        max_failures    <n>
+//	        key             user_ip | user
+//	        reset_after     <duration>
+//	        ip_max_failures <n>
+//	        ip_ban          <duration>
+//	        unlock_path     <path>
+//	        captcha         builtin | turnstile|hcaptcha|recaptcha <site_key> <secret> [verify_url <url>]
+//	    }
 //	}
 //
 // Durations take Caddy's forms plus d for days (90d). Values are checked
@@ -151,6 +161,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxLifetime = dur
 			} else {
 				h.CacheTTL = dur
+			}
+
+		case "lockout":
+			h.Lockout = new(captcha.Config)
+			if err := h.Lockout.UnmarshalCaddyfile(d); err != nil {
+				return err
 			}
 
 		default:

@@ -87,6 +87,16 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"store file t.json\ncache_ttl -5s", []string{"cache_ttl", `"-5s"`}},
 		{"store file t.json\nkeep_authorization yes", []string{"wrong argument count"}},
 		{"store file t.json\nbogus 1", []string{"unrecognized", `"bogus"`}},
+		{"store file t.json\nlockout {\nmax_failures lots\n}", []string{"max_failures", `"lots"`}},
+		{"store file t.json\nlockout {\nmax_failures -1\n}", []string{"max_failures", `"-1"`}},
+		{"store file t.json\nlockout {\nkey ip\n}", []string{"key", `"ip"`}},
+		{"store file t.json\nlockout {\nreset_after soon\n}", []string{"reset_after", `"soon"`}},
+		{"store file t.json\nlockout {\nip_ban 0\n}", []string{"ip_ban", `"0"`}},
+		{"store file t.json\nlockout {\nunlock_path unlock\n}", []string{"unlock_path", `"unlock"`}},
+		{"store file t.json\nlockout {\ncaptcha friendlycaptcha k s\n}", []string{"captcha", `"friendlycaptcha"`}},
+		{"store file t.json\nlockout {\ncaptcha turnstile sitekey\n}", []string{"captcha"}},
+		{"store file t.json\nlockout {\ncaptcha hcaptcha k s verify_url ftp://x\n}", []string{"verify_url", "ftp://x"}},
+		{"store file t.json\nlockout {\nbogus\n}", []string{"unrecognized lockout option", `"bogus"`}},
 	}
 	for _, tc := range tests {
 		caddyfile := ":8080 {\n\tapi_token_auth {\n" + tc.block + "\n\t}\n}\n"

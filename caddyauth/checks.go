@@ -1,12 +1,14 @@
 package caddyauth
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -61,6 +63,10 @@ type verdict struct {
 	detailArg string
 	// username is the Basic username, if the request carried one.
 	username string
+	// basic is whether the credentials came as Basic authentication.
+	basic bool
+	// retryAfter is how long an IP ban has to run.
+	retryAfter time.Duration
 	// token is the token the secret matched, once check 4 found one.
 	token *tokenstore.Token
 	// user is the token owner's record, if listed.
@@ -128,9 +134,17 @@ func parseAuthorization(header string) (credentials, bool) {
 	return credentials{}, false
 }
 
-// authenticate runs the checks of SPEC §4 in order. It reads the store
-// only through its in-memory or cached look-ups.
+// authenticate runs the checks of SPEC §4 in order, and has the lockout
+// count the result.
 func (h *Handler) authenticate(r *http.Request, clientIP netip.Addr) verdict {
+	v := h.check(r, clientIP)
+	return h.settle(v, clientIP)
+}
+
+// check runs the checks of SPEC §4 in order. It reads the store only
+// through its in-memory or cached look-ups, and the lockout only from
+// memory.
+func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
 	authz := r.Header.Values("Authorization")
 	if len(authz) != 1 {
 		return verdict{outcome: noCredentials}
@@ -139,29 +153,34 @@ func (h *Handler) authenticate(r *http.Request, clientIP netip.Addr) verdict {
 	if !ok {
 		return verdict{outcome: noCredentials}
 	}
-	v := verdict{username: cred.username}
+	v := verdict{username: cred.username, basic: cred.basic}
 
-	// Check 4. A secret with our prefix but a wrong checksum is a typo or a
-	// guess: reject it without asking the store.
-	if !tokenstore.PlausibleSecret(cred.secret, h.TokenPrefix) {
-		v.outcome = invalidToken
+	// Check 2: a banned address is answered from memory, before anything
+	// else is looked at.
+	if until, banned := h.lockout.Banned(clientIP); banned {
+		v.outcome, v.detailArg, v.retryAfter = ipBanned, clientIP.String(), until.Sub(h.now())
 		return v
 	}
-	// Tokens are found by the SHA-256 of the secret, never by comparing
-	// secrets: how long a look-up takes can only tell an attacker about
-	// hashes of their own guesses, not about any stored secret.
-	token, err := h.store.LookupToken(r.Context(), tokenstore.DigestOf(cred.secret))
-	if err != nil {
-		v.outcome = lookupFailure(err)
+	// Check 3: a Bearer request names no user, so only Basic can be held
+	// by a challenge.
+	if cred.basic && h.lockout.Challenged(cred.username, clientIP) {
+		v.outcome = captchaRequired
 		return v
 	}
-	if !token.Usable(h.now()) || (cred.basic && !sameString(cred.username, token.User)) {
-		v.outcome = invalidToken
+
+	// Check 4.
+	token, outcome := h.findToken(r.Context(), cred.secret)
+	if outcome == authenticated && cred.basic && !sameString(cred.username, token.User) {
+		outcome = invalidToken
+	}
+	if outcome != authenticated {
+		v.outcome = outcome
 		return v
 	}
 	v.token = token
 
 	// Check 5.
+	var err error
 	v.user, err = h.store.LookupUser(r.Context(), token.User)
 	if err != nil {
 		v.outcome = lookupFailure(err)
@@ -194,6 +213,67 @@ func (h *Handler) authenticate(r *http.Request, clientIP netip.Addr) verdict {
 		return v
 	}
 	v.outcome = authenticated
+	return v
+}
+
+// findToken finds the usable token whose secret this is (check 4, but
+// for the owner). A secret with our prefix and a wrong checksum is a typo
+// or a guess: it is refused without asking the store.
+func (h *Handler) findToken(ctx context.Context, secret string) (*tokenstore.Token, outcome) {
+	if !tokenstore.PlausibleSecret(secret, h.TokenPrefix) {
+		return nil, invalidToken
+	}
+	// Tokens are found by the SHA-256 of the secret, never by comparing
+	// secrets: how long a look-up takes can only tell an attacker about
+	// hashes of their own guesses, not about any stored secret.
+	token, err := h.store.LookupToken(ctx, tokenstore.DigestOf(secret))
+	if err != nil {
+		return nil, lookupFailure(err)
+	}
+	if !token.Usable(h.now()) {
+		return nil, invalidToken
+	}
+	return token, authenticated
+}
+
+// checkOwnedToken reports whether secret is a usable token of user: what
+// the unlock page asks before it clears a challenge.
+func (h *Handler) checkOwnedToken(ctx context.Context, user, secret string) (bool, error) {
+	token, outcome := h.findToken(ctx, secret)
+	switch outcome {
+	case authenticated:
+		return sameString(user, token.User), nil
+	case storeUnavailable:
+		return false, tokenstore.ErrUnavailable
+	}
+	return false, nil
+}
+
+// settle has the lockout count a judged attempt (SPEC §7). Counting and
+// the challenge are one atomic step: an attempt judged while a challenge
+// started is refused as challenged, so that exactly max_failures attempts
+// are judged. Only a failure of check 4 counts; a success resets the
+// user's count.
+func (h *Handler) settle(v verdict, ip netip.Addr) verdict {
+	switch {
+	case v.outcome == invalidToken:
+		user := ""
+		if v.basic {
+			user = v.username
+		}
+		if h.lockout.Fail(user, ip) {
+			v.outcome, v.token = captchaRequired, nil
+		}
+	case v.basic && v.outcome == authenticated:
+		if h.lockout.Succeed(v.username, ip) {
+			v.outcome = captchaRequired
+		}
+	case v.basic && v.token != nil:
+		// A valid token refused by checks 5-8: the challenge comes first.
+		if h.lockout.Challenged(v.username, ip) {
+			v.outcome = captchaRequired
+		}
+	}
 	return v
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,7 @@ func e2eCaddyfile(storePath string) string {
 {
 	admin localhost:2999
 	http_port 9080
+	storage file_system ` + filepath.Join(filepath.Dir(storePath), "caddy-storage") + `
 	servers {
 		trusted_proxies static private_ranges
 	}
@@ -55,6 +57,7 @@ http://localhost:9080 {
 	}
 	handle {
 		api_token_auth {
+			realm e2e
 			store file ` + storePath + `
 			session_cookies JSESSIONID
 		}
@@ -153,7 +156,7 @@ func TestEndToEnd(t *testing.T) {
 				t.Errorf("%s = %q, want %q", headerSeraphLoginReason, got, tc.seraph)
 			}
 			challenges := strings.Join(resp.Header.Values("WWW-Authenticate"), "|")
-			realm := "default"
+			realm := "e2e"
 			if strings.HasPrefix(tc.path, "/jira/") {
 				realm = "jira"
 			}
@@ -199,9 +202,11 @@ func TestEndToEndTestEndpointOff(t *testing.T) {
 {
 	admin localhost:2999
 	http_port 9080
+	storage file_system `+filepath.Join(filepath.Dir(f.path), "caddy-storage")+`
 }
 http://localhost:9080 {
 	api_token_auth {
+		realm off
 		store file `+f.path+`
 		test_endpoint off
 	}

@@ -4,6 +4,7 @@
 package caddyauth
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-apitoken/caddy-apitoken/captcha"
 	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 )
 
@@ -111,8 +113,16 @@ type Handler struct {
 	// (SQL) store. The file store always answers from memory. Default: 30s.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 
+	// Failure counting, CAPTCHA challenges, IP bans and the unlock page.
+	// On by default, with the defaults of each option; see captcha.Config.
+	Lockout *captcha.Config `json:"lockout,omitempty"`
+
 	store       tokenstore.Store
 	storeConfig tokenstore.Config // as acquired, placeholders expanded
+	lockout     *captcha.Lockout
+	unlock      *captcha.UnlockPage
+	unlockPath  string
+	realmHeld   bool // captcha.Acquire succeeded; Cleanup releases it
 	allowIPs    []netip.Prefix
 	testPath    string
 	testEnabled bool // false when test_endpoint is "off"
@@ -169,6 +179,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("store %s: %v", h.storeConfig, err)
 	}
 	h.store = store
+
+	lockout := h.Lockout.Settings()
+	lockout.Captcha.Secret = caddy.NewReplacer().ReplaceKnown(lockout.Captcha.Secret, "")
+	realm, err := captcha.Acquire(h.Realm, lockout, ctx.Storage(), h.logger.Named("lockout"))
+	if err != nil {
+		return fmt.Errorf("lockout: %v", err)
+	}
+	h.realmHeld = true
+	h.lockout = realm.Lockout
+	h.unlockPath = lockout.UnlockPath
+	h.unlock = captcha.NewUnlockPage(lockout, realm.Puzzles, realm.Lockout, h.checkOwnedToken, h.logger.Named("unlock"))
 	return nil
 }
 
@@ -221,24 +242,32 @@ func (h *Handler) Validate() error {
 	if h.CacheTTL < 0 {
 		return fmt.Errorf("cache_ttl %s: must not be negative", time.Duration(h.CacheTTL))
 	}
-	return nil
+	return h.Lockout.Validate()
 }
 
 // cookieNamePattern is RFC 6265's token: no separators, spaces or controls.
 var cookieNamePattern = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
-// Cleanup gives the store back; the last config using it closes it.
+// Cleanup gives back the store and the realm's lockout state; the last
+// config using them closes them.
 func (h *Handler) Cleanup() error {
-	if h.store == nil {
-		return nil
+	var errs []error
+	if h.realmHeld {
+		errs = append(errs, captcha.Release(h.Realm))
 	}
-	return tokenstore.Release(h.storeConfig)
+	if h.store != nil {
+		errs = append(errs, tokenstore.Release(h.storeConfig))
+	}
+	return errors.Join(errs...)
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.URL.Path == h.testPath {
 		return h.serveTestEndpoint(w, r)
+	}
+	if strings.HasPrefix(r.URL.Path, h.unlockPath) && h.unlock.ServeHTTP(w, r, clientIP(r)) {
+		return nil
 	}
 	if h.Anonymous == anonymousAllow && len(r.Header.Values("Authorization")) == 0 {
 		return next.ServeHTTP(w, r)
@@ -247,7 +276,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	v := h.authenticate(r, ip)
 	if v.outcome != authenticated {
 		h.noteFailure(r, v, ip)
-		h.writeFailure(w, v)
+		h.writeFailure(w, r, v)
 		return nil
 	}
 	h.noteSuccess(w, r, v, ip)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,8 +26,13 @@ func provision(t *testing.T, f *fixture, now time.Time, configure func(*Handler)
 	if configure != nil {
 		configure(h)
 	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
+	// A context with its own storage, as a loaded config has, so that
+	// lockout state is kept where this test alone sees it.
+	storage := `{"module": "file_system", "root": ` + strconv.Quote(t.TempDir()) + `}`
+	ctx, err := caddy.ProvisionContext(&caddy.Config{StorageRaw: json.RawMessage(storage)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("provision: %v", err)
 	}

@@ -2,7 +2,9 @@ package caddyauth
 
 import (
 	"encoding/json"
+	"math"
 	"net/http"
+	"strconv"
 )
 
 // The Atlassian headers, spelt as Jira spells them. Go would canonicalise
@@ -25,25 +27,41 @@ func setExactHeader(hdr http.Header, name, value string) {
 
 // failureHeaders sets the headers that go with a failed verdict on both
 // protected routes and the test endpoint.
-func (h *Handler) failureHeaders(hdr http.Header, v verdict) {
+func (h *Handler) failureHeaders(hdr http.Header, r *http.Request, v verdict) {
 	if !h.atlassian {
 		return
 	}
 	if reason := v.outcome.info().seraph; reason != "" {
 		setExactHeader(hdr, headerSeraphLoginReason, reason)
 	}
+	if v.outcome == captchaRequired {
+		setExactHeader(hdr, headerAuthenticationDenied, "CAPTCHA_CHALLENGE; login-url="+h.unlockURL(r))
+	}
+}
+
+// unlockURL is the absolute URL of the unlock page, with the scheme and
+// host the client used.
+func (h *Handler) unlockURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + h.unlockPath
 }
 
 // writeFailure answers a failed request on a protected route:
 // {"message": "<detail>"} with the outcome's status, and on a 401 a
 // challenge for each scheme we accept.
-func (h *Handler) writeFailure(w http.ResponseWriter, v verdict) {
+func (h *Handler) writeFailure(w http.ResponseWriter, r *http.Request, v verdict) {
 	hdr := w.Header()
-	h.failureHeaders(hdr, v)
+	h.failureHeaders(hdr, r, v)
 	status := v.outcome.info().status
-	if status == http.StatusUnauthorized {
+	switch status {
+	case http.StatusUnauthorized:
 		hdr.Add("WWW-Authenticate", `Basic realm="`+h.Realm+`"`)
 		hdr.Add("WWW-Authenticate", `Bearer realm="`+h.Realm+`"`)
+	case http.StatusTooManyRequests:
+		hdr.Set("Retry-After", strconv.Itoa(int(math.Ceil(v.retryAfter.Seconds()))))
 	}
 	writeJSON(w, status, struct {
 		Message string `json:"message"`
@@ -87,7 +105,7 @@ func (h *Handler) serveTestEndpoint(w http.ResponseWriter, r *http.Request) erro
 		h.noteSuccess(w, r, v, ip)
 	} else {
 		h.noteFailure(r, v, ip)
-		h.failureHeaders(hdr, v)
+		h.failureHeaders(hdr, r, v)
 		answer.FailureText = v.detail()
 	}
 	writeJSON(w, http.StatusOK, answer)
