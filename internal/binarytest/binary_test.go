@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -103,7 +104,7 @@ func TestRealBinary(t *testing.T) {
 		t.FailNow()
 	}
 
-	h.startCaddy(dir, caddyfile, siteAddr)
+	stop := h.startCaddy(dir, caddyfile, siteAddr)
 	base := "http://" + siteAddr
 
 	jsonType := map[string]string{"Content-Type": "application/json"}
@@ -199,6 +200,29 @@ func TestRealBinary(t *testing.T) {
 			}
 		})
 	}
+
+	// SPEC §7: a CAPTCHA challenge is kept in Caddy's storage, so a
+	// restart does not lift it.
+	t.Run("a challenge outlives a restart", func(t *testing.T) {
+		const challenged = `{"message":"For security reasons you must answer a CAPTCHA question."}`
+		for i := 0; i < 5; i++ {
+			if resp := h.curlRequest(t, "-u", "alice:"+stranger, base+"/"); resp.status != http.StatusUnauthorized && resp.status != http.StatusForbidden {
+				t.Fatalf("bad attempt %d: %d %s", i+1, resp.status, resp.body)
+			}
+		}
+		if resp := h.curlRequest(t, "-u", "alice:"+secret, base+"/"); resp.status != http.StatusForbidden || resp.body != challenged {
+			t.Fatalf("right token after 5 bad attempts: %d %s", resp.status, resp.body)
+		}
+		stop()
+		h.startCaddy(dir, caddyfile, siteAddr)
+		if resp := h.curlRequest(t, "-u", "alice:"+secret, base+"/"); resp.status != http.StatusForbidden || resp.body != challenged {
+			t.Errorf("right token after a restart: %d %s, want the challenge kept", resp.status, resp.body)
+		}
+		// Bearer names no user: no challenge holds it.
+		if resp := h.curlRequest(t, "-H", "Authorization: Bearer "+secret, base+"/"); resp.status != http.StatusOK {
+			t.Errorf("Bearer after the restart: %d %s", resp.status, resp.body)
+		}
+	})
 }
 
 // harness runs the binaries under test with a private environment.
@@ -258,8 +282,9 @@ func (h *harness) hash(secret string) string {
 
 // startCaddy runs `caddy run` with caddyfile until the test ends, and
 // waits until siteAddr accepts connections. Its output goes to a file that
-// is logged if the test fails.
-func (h *harness) startCaddy(dir, caddyfile, siteAddr string) {
+// is logged if the test fails. stop interrupts it and waits for it to end,
+// as an operator's restart would; the test's clean-up calls it too.
+func (h *harness) startCaddy(dir, caddyfile, siteAddr string) (stop func()) {
 	t := h.t
 	t.Helper()
 	logPath := filepath.Join(dir, "caddy-run.log")
@@ -281,33 +306,37 @@ func (h *harness) startCaddy(dir, caddyfile, siteAddr string) {
 		waitErr = cmd.Wait()
 		close(exited)
 	}()
-	// Registered after t.TempDir's own clean-up, so it runs first.
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Signal(os.Interrupt)
+	var stopOnce sync.Once
+	stop = func() {
+		stopOnce.Do(func() {
 			select {
 			case <-exited:
-			case <-time.After(stopTimeout):
-				t.Errorf("caddy run did not stop within %s of an interrupt; killing it", stopTimeout)
-				_ = cmd.Process.Kill()
-				<-exited
+			default:
+				_ = cmd.Process.Signal(os.Interrupt)
+				select {
+				case <-exited:
+				case <-time.After(stopTimeout):
+					t.Errorf("caddy run did not stop within %s of an interrupt; killing it", stopTimeout)
+					_ = cmd.Process.Kill()
+					<-exited
+				}
 			}
-		}
-		logFile.Close()
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			t.Logf("caddy run output:\n%s", out)
-		}
-	})
+			logFile.Close()
+			if t.Failed() {
+				out, _ := os.ReadFile(logPath)
+				t.Logf("caddy run output:\n%s", out)
+			}
+		})
+	}
+	// Registered after t.TempDir's own clean-up, so it runs first.
+	t.Cleanup(stop)
 
 	deadline := time.Now().Add(startTimeout)
 	for {
 		conn, err := net.DialTimeout("tcp", siteAddr, time.Second)
 		if err == nil {
 			conn.Close()
-			return
+			return stop
 		}
 		select {
 		case <-exited:
