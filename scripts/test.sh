@@ -65,10 +65,17 @@ fi
 # (SPEC §1, §8), and export the DSN they read. Not done yet: nothing uses it.
 # ---------------------------------------------------------------------------
 
-# ---------------------------------------------------------------------------
-# LATER: install chromium here, for the browser test of the unlock page
-# (SPEC §7, chromedp). Not done yet: nothing uses it.
-# ---------------------------------------------------------------------------
+# The browser test of the unlock page (caddyauth/browser_test.go, SPEC §7)
+# drives Debian's headless chromium with chromedp; it fails without one.
+# fonts-dejavu-core is what renders the page's text (chromium pulls in a
+# font through fontconfig anyway; naming it keeps the screenshots the same).
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+	section "Installing chromium (the browser test of the unlock page drives it)"
+	apt_install chromium fonts-dejavu-core
+fi
+# Where /dev/shm is mounted twice, Debian's launcher prints a harmless
+# "[: ...: unexpected operator" (/etc/chromium.d/dev-shm) before the version.
+"$(command -v chromium || echo /usr/bin/chromium)" --version
 
 section "gofmt"
 # One walk covers the plugin and the nested module internal/xcaddybuild.
