@@ -439,10 +439,11 @@ func (l *Lockout) expire() {
 	}
 }
 
-// addrString is ip as text, or "" for the invalid address of a user key.
+// addrString is ip as text for logs, or "" for no address (the invalid
+// address of a user key).
 func addrString(ip netip.Addr) string {
 	if !ip.IsValid() {
 		return ""
 	}
-	return ip.String()
+	return ip.Unmap().String()
 }

@@ -173,7 +173,7 @@ func (p *UnlockPage) post(w http.ResponseWriter, r *http.Request, clientIP netip
 			secs = 1
 		}
 		p.logger.Info("unlock page: too many attempts",
-			zap.String("client_ip", addrText(clientIP)),
+			zap.String("client_ip", addrString(clientIP)),
 			zap.Int("retry_after_s", secs))
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		p.render(w, http.StatusTooManyRequests, pageData{
@@ -198,7 +198,7 @@ func (p *UnlockPage) post(w http.ResponseWriter, r *http.Request, clientIP netip
 	// Only the body counts: credentials in a URL would end up in logs.
 	user := strings.TrimSpace(r.PostForm.Get("username"))
 	token := strings.TrimSpace(r.PostForm.Get("token"))
-	ipField := zap.String("client_ip", addrText(clientIP))
+	ipField := zap.String("client_ip", addrString(clientIP))
 
 	solved, err := p.solved(r, clientIP)
 	if err != nil {
@@ -228,8 +228,10 @@ func (p *UnlockPage) post(w http.ResponseWriter, r *http.Request, clientIP netip
 		return
 	}
 
+	// The lockout logs the end of an active challenge at INFO, once; this
+	// line only traces the page.
 	active := p.clear.ClearChallenge(user, clientIP)
-	p.logger.Info("CAPTCHA challenge cleared on the unlock page",
+	p.logger.Debug("CAPTCHA challenge cleared on the unlock page",
 		zap.String("user", user), ipField, zap.Bool("challenge_was_active", active))
 	p.render(w, http.StatusOK, pageData{Result: MsgCleared, ResultKind: "success"})
 }
@@ -452,14 +454,6 @@ func waitText(secs int) string {
 		}
 		return strconv.Itoa(mins) + " minutes"
 	}
-}
-
-// addrText is ip for logs; "" for no address.
-func addrText(ip netip.Addr) string {
-	if !ip.IsValid() {
-		return ""
-	}
-	return ip.Unmap().String()
 }
 
 // addrLimiter allows at most limit events per address in a fixed window
