@@ -54,7 +54,10 @@ type fileDocument struct {
 // fileSnapshot is one consistent, read-only view of the file, indexed for
 // the request path. It is replaced whole, never modified.
 type fileSnapshot struct {
-	byDigest map[Digest]*Token
+	tokens   []*Token            // every token, in file order
+	byID     map[string]*Token   // every token
+	byDigest map[Digest]*Token   // sha256 tokens
+	slow     map[string][]*Token // slow-hash tokens by user, in file order
 	users    map[string]*User
 	settings Settings
 }
@@ -82,6 +85,9 @@ type FileStore struct {
 	// The request path never takes it.
 	writeMu sync.Mutex
 	seen    fileStamp // the file version last read or tried; guarded by writeMu
+	// writeFile replaces the file; writeFileAtomic but in tests, which
+	// count writes. Called with writeMu held.
+	writeFile func(path string, data []byte) error
 
 	// usesMu guards pending, the last-use records not yet written.
 	usesMu  sync.Mutex
@@ -114,6 +120,7 @@ func openFile(path string, logger *zap.Logger, pollEvery, flushEvery time.Durati
 		path:       path,
 		logger:     logger,
 		pending:    make(map[string]*pendingUse),
+		writeFile:  writeFileAtomic,
 		pollEvery:  pollEvery,
 		flushEvery: flushEvery,
 		stop:       make(chan struct{}),
@@ -157,15 +164,196 @@ func (s *FileStore) Settings(context.Context) (Settings, error) {
 	return s.current.Load().settings, nil
 }
 
-// Tokens returns every token, in file order. For listings, not requests.
+// LookupBasic implements Store.
+func (s *FileStore) LookupBasic(_ context.Context, user string) ([]*Token, error) {
+	return s.current.Load().slow[user], nil
+}
+
+// HasSlowHashes implements Store.
+func (s *FileStore) HasSlowHashes(context.Context) (bool, error) {
+	return len(s.current.Load().slow) > 0, nil
+}
+
+// Tokens returns every token, oldest first. For listings, not requests.
+// The results are shared: do not modify them.
 func (s *FileStore) Tokens() []*Token {
-	snap := s.current.Load()
-	out := make([]*Token, 0, len(snap.byDigest))
-	for _, t := range snap.byDigest {
-		out = append(out, t)
-	}
-	slices.SortFunc(out, func(a, b *Token) int { return a.Created.Compare(b.Created) })
+	out := slices.Clone(s.current.Load().tokens)
+	slices.SortStableFunc(out, func(a, b *Token) int { return a.Created.Compare(b.Created) })
 	return out
+}
+
+// ListTokens implements Store.
+func (s *FileStore) ListTokens(ctx context.Context) ([]Token, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	shared := s.Tokens()
+	out := make([]Token, len(shared))
+	for i, t := range shared {
+		out[i] = t.clone()
+	}
+	return out, nil
+}
+
+// GetToken implements Store.
+func (s *FileStore) GetToken(ctx context.Context, id string) (Token, error) {
+	if err := ctx.Err(); err != nil {
+		return Token{}, err
+	}
+	t, ok := s.current.Load().byID[id]
+	if !ok {
+		return Token{}, tokenNotFound(id)
+	}
+	return t.clone(), nil
+}
+
+func tokenNotFound(id string) error {
+	return fmt.Errorf("token %s: %w", id, ErrNotFound)
+}
+
+// findToken returns the document's token id.
+func (doc *fileDocument) findToken(id string) (*Token, error) {
+	for _, t := range doc.Tokens {
+		if t.ID == id {
+			return t, nil
+		}
+	}
+	return nil, tokenNotFound(id)
+}
+
+// revoke marks t revoked at at unless it already is by then (a revocation
+// scheduled later is brought forward), and reports whether it changed t.
+func revoke(t *Token, at time.Time) bool {
+	if t.Revoked != nil && !t.Revoked.After(at) {
+		return false
+	}
+	at = at.UTC()
+	t.Revoked = &at
+	return true
+}
+
+// RevokeToken implements Store.
+func (s *FileStore) RevokeToken(ctx context.Context, id string, at time.Time) (Token, error) {
+	if err := ctx.Err(); err != nil {
+		return Token{}, err
+	}
+	snap, err := s.update(func(doc *fileDocument) error {
+		t, err := doc.findToken(id)
+		if err != nil {
+			return err
+		}
+		if !revoke(t, at) {
+			return errNoChange
+		}
+		return nil
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	return snap.byID[id].clone(), nil
+}
+
+// RevokeUserTokens implements Store. A user with no tokens (listed or
+// not) has none to revoke: 0, not ErrNotFound.
+func (s *FileStore) RevokeUserTokens(ctx context.Context, user string, at time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var n int
+	_, err := s.update(func(doc *fileDocument) error {
+		for _, t := range doc.Tokens {
+			if t.User == user && revoke(t, at) {
+				n++
+			}
+		}
+		if n == 0 {
+			return errNoChange
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// RotateToken implements Store: the new token and the old one's new
+// expiry are one file write, so that no reader ever sees one without the
+// other.
+func (s *FileStore) RotateToken(ctx context.Context, id string, next Token, oldExpires time.Time) (Token, error) {
+	if err := ctx.Err(); err != nil {
+		return Token{}, err
+	}
+	if err := next.Prepare(); err != nil {
+		return Token{}, invalidError{err}
+	}
+	snap, err := s.update(func(doc *fileDocument) error {
+		old, err := doc.findToken(id)
+		if err != nil {
+			return err
+		}
+		if err := doc.checkNewID(next.ID); err != nil {
+			return err
+		}
+		if old.Expires == nil || oldExpires.Before(*old.Expires) {
+			at := oldExpires.UTC()
+			old.Expires = &at
+		}
+		doc.Tokens = append(doc.Tokens, &next)
+		return nil
+	})
+	if err != nil {
+		return Token{}, err
+	}
+	return snap.byID[id].clone(), nil
+}
+
+// ListUsers implements Store.
+func (s *FileStore) ListUsers(ctx context.Context) (map[string]User, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	users := s.current.Load().users
+	out := make(map[string]User, len(users))
+	for name, u := range users {
+		out[name] = u.clone()
+	}
+	return out, nil
+}
+
+// PutUser implements Store. The name must be non-empty and free of
+// control characters, and every group a non-empty string; errors name the
+// field and match ErrInvalid.
+func (s *FileStore) PutUser(ctx context.Context, name string, u User) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := ValidateUser(name, u); err != nil {
+		return err
+	}
+	c := u.clone()
+	c.joinedGroups = ""
+	_, err := s.update(func(doc *fileDocument) error {
+		if doc.Users == nil {
+			doc.Users = make(map[string]*User)
+		}
+		doc.Users[name] = &c
+		return nil
+	})
+	return err
+}
+
+// PutSettings implements Store.
+func (s *FileStore) PutSettings(ctx context.Context, settings Settings) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	settings = settings.clone()
+	_, err := s.update(func(doc *fileDocument) error {
+		doc.Settings = settings
+		return nil
+	})
+	return err
 }
 
 // RecordUse implements Store. It only updates an in-memory record; the
@@ -193,19 +381,31 @@ func (s *FileStore) RecordUse(id string, at time.Time, ip netip.Addr) {
 }
 
 // CreateToken implements Store.
-func (s *FileStore) CreateToken(_ context.Context, t Token) error {
-	if err := t.Prepare(); err != nil {
+func (s *FileStore) CreateToken(ctx context.Context, t Token) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.update(func(doc *fileDocument) error {
-		for _, have := range doc.Tokens {
-			if have.ID == t.ID {
-				return fmt.Errorf("token %s already exists", t.ID)
-			}
+	if err := t.Prepare(); err != nil {
+		return invalidError{err}
+	}
+	_, err := s.update(func(doc *fileDocument) error {
+		if err := doc.checkNewID(t.ID); err != nil {
+			return err
 		}
 		doc.Tokens = append(doc.Tokens, &t)
 		return nil
 	})
+	return err
+}
+
+// checkNewID refuses an id that the document already has.
+func (doc *fileDocument) checkNewID(id string) error {
+	for _, have := range doc.Tokens {
+		if have.ID == id {
+			return fmt.Errorf("token %s already exists", id)
+		}
+	}
+	return nil
 }
 
 // Close stops watching the file and writes pending last-use records.
@@ -271,7 +471,7 @@ func (s *FileStore) reloadIfChanged() {
 		return
 	}
 	s.current.Store(snap)
-	s.logger.Info("token store file reloaded", zap.String("file", s.path), zap.Int("tokens", len(snap.byDigest)))
+	s.logger.Info("token store file reloaded", zap.String("file", s.path), zap.Int("tokens", len(snap.tokens)))
 }
 
 // flushUses writes the pending last-use records in one file write. If the
@@ -286,7 +486,7 @@ func (s *FileStore) flushUses() {
 	s.pending = make(map[string]*pendingUse, len(uses))
 	s.usesMu.Unlock()
 
-	err := s.update(func(doc *fileDocument) error {
+	_, err := s.update(func(doc *fileDocument) error {
 		for _, t := range doc.Tokens {
 			if u, ok := uses[t.ID]; ok {
 				u.applyTo(t)
@@ -346,42 +546,56 @@ func (u *pendingUse) merge(n *pendingUse) {
 	}
 }
 
-// update rereads the file, applies change, and writes the result
-// atomically. It refuses to write over a file it cannot parse: someone may
-// be halfway through editing it, and their work must not be lost.
-func (s *FileStore) update(change func(*fileDocument) error) error {
+// errNoChange, returned by an update's change function, says that the
+// document needs no write: update then succeeds without writing.
+var errNoChange = errors.New("no change")
+
+// update rereads the file, applies change, writes the result atomically
+// and serves it; it returns once the change is on disk and in memory, with
+// the snapshot that serves it. It refuses to write over a file it cannot
+// parse: someone may be halfway through editing it, and their work must
+// not be lost. If change returns errNoChange, nothing is written and the
+// file as read is served (it is what the next poll would load anyway).
+func (s *FileStore) update(change func(*fileDocument) error) (*fileSnapshot, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	doc, _, err := readDocument(s.path)
+	doc, stamp, err := readDocument(s.path)
 	if err != nil {
-		return fmt.Errorf("not writing over it: %v", err)
+		return nil, fmt.Errorf("not writing over it: %v", err)
 	}
 	// Validate before change runs: change may assume every token is there
 	// (a "null" entry would otherwise crash it).
-	if _, err := doc.snapshot(); err != nil {
-		return fmt.Errorf("not writing over it: token store file %s: %v", s.path, err)
+	current, err := doc.snapshot()
+	if err != nil {
+		return nil, fmt.Errorf("not writing over it: token store file %s: %v", s.path, err)
 	}
-	if err := change(doc); err != nil {
-		return err
+	if err := change(doc); errors.Is(err, errNoChange) {
+		if stamp.exists {
+			s.seen = stamp
+			s.current.Store(current)
+		}
+		return current, nil
+	} else if err != nil {
+		return nil, err
 	}
 	snap, err := doc.snapshot()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encoding token store: %v", err)
+		return nil, fmt.Errorf("encoding token store: %v", err)
 	}
 	data = append(data, '\n')
-	if err := writeFileAtomic(s.path, data); err != nil {
-		return err
+	if err := s.writeFile(s.path, data); err != nil {
+		return nil, err
 	}
 	if s.seen, err = statFile(s.path); err != nil {
-		return err
+		return nil, err
 	}
 	s.seen.sum = sha256.Sum256(data)
 	s.current.Store(snap)
-	return nil
+	return snap, nil
 }
 
 // readDocument reads and decodes the store file, and returns the stamp of
@@ -439,25 +653,35 @@ func decodeDocument(data []byte) (*fileDocument, error) {
 // snapshot validates the document and indexes it for the request path.
 func (doc *fileDocument) snapshot() (*fileSnapshot, error) {
 	snap := &fileSnapshot{
+		tokens:   make([]*Token, 0, len(doc.Tokens)),
+		byID:     make(map[string]*Token, len(doc.Tokens)),
 		byDigest: make(map[Digest]*Token, len(doc.Tokens)),
+		slow:     make(map[string][]*Token),
 		users:    make(map[string]*User, len(doc.Users)),
-		settings: doc.Settings,
+		settings: doc.Settings.clone(),
 	}
-	ids := make(map[string]struct{}, len(doc.Tokens))
 	for i, t := range doc.Tokens {
 		if t == nil {
 			return nil, fmt.Errorf("tokens[%d] is null", i)
 		}
-		// Index a copy, so that a later change to the document (a flush
-		// updating last_used) never races with requests reading this one.
-		c := *t
+		// Index a deep copy, so that a later change to the document (a
+		// flush updating last_used, a revocation) never races with
+		// requests reading this one.
+		c := t.clone()
 		if err := c.Prepare(); err != nil {
 			return nil, fmt.Errorf("tokens[%d]: %v", i, err)
 		}
-		if _, dup := ids[c.ID]; dup {
+		if _, dup := snap.byID[c.ID]; dup {
 			return nil, fmt.Errorf("tokens[%d]: duplicate token id %s", i, c.ID)
 		}
-		ids[c.ID] = struct{}{}
+		snap.tokens = append(snap.tokens, &c)
+		snap.byID[c.ID] = &c
+		if c.kind != kindSHA256 {
+			// A slow hash is salted: it has no digest to index by, and
+			// two equal secrets have different hashes anyway.
+			snap.slow[c.User] = append(snap.slow[c.User], &c)
+			continue
+		}
 		if _, dup := snap.byDigest[c.digest]; dup {
 			return nil, fmt.Errorf("tokens[%d]: token %s has the same hash as another token", i, c.ID)
 		}
@@ -467,7 +691,7 @@ func (doc *fileDocument) snapshot() (*fileSnapshot, error) {
 		if u == nil {
 			u = new(User)
 		}
-		c := *u
+		c := u.clone()
 		c.Prepare()
 		snap.users[name] = &c
 	}

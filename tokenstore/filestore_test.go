@@ -474,7 +474,11 @@ func badContents(hashA, hashB string) []struct{ name, data, wantErr string } {
 		{"null token", docJSON(good, "null"), "tokens[1] is null"},
 		{"token without user", docJSON(good, `{"id": "tokB", "scope": "read-only", "hash": "`+hashB+`"}`), "tokens[1]: token tokB: user is empty"},
 		{"bad scope", docJSON(good, strings.Replace(tokenJSON("tokB", hashB, ""), "read-only", "readonly", 1)), "tokens[1]: token tokB: scope"},
-		{"bcrypt hash", docJSON(good, tokenJSON("tokB", "bcrypt:$2a$14$xyz", "")), "tokens[1]: token tokB: hash"},
+		{"unknown hash scheme", docJSON(good, tokenJSON("tokB", "md5:0123456789abcdef0123456789abcdef", "")), "tokens[1]: token tokB: hash: unsupported hash scheme"},
+		{"malformed bcrypt hash", docJSON(good, tokenJSON("tokB", "bcrypt:$2a$14$xyz", "")), "tokens[1]: token tokB: hash: malformed bcrypt hash"},
+		{"bcrypt cost too high", docJSON(good, tokenJSON("tokB", "bcrypt:$2a$31$"+strings.Repeat("a", 53), "")), "tokens[1]: token tokB: hash: bcrypt cost 31"},
+		{"malformed argon2id hash", docJSON(good, tokenJSON("tokB", "argon2id:$argon2id$v=19$m=47104,t=1,p=1$c2FsdA", "")), "tokens[1]: token tokB: hash: malformed argon2id hash"},
+		{"argon2id with an empty key", docJSON(good, tokenJSON("tokB", "argon2id:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$", "")), "tokens[1]: token tokB: hash: argon2id hash: key has 0 bytes"},
 		{"bad allowed_ips", docJSON(good, tokenJSON("tokB", hashB, `, "allowed_ips": ["10.0.0.0/33"]`)), "allowed_ips"},
 		{"bad header name", docJSON(good, tokenJSON("tokB", hashB, `, "required_headers": {"X Team": "a"}`)), "required_headers"},
 	}

@@ -1,6 +1,7 @@
 // Package tokenstore keeps API tokens, their users and the realm's run-time
-// settings, and defines the token format. Stores hold only the SHA-256 of a
-// token, never the token itself.
+// settings, and defines the token format. Stores hold only a hash of a
+// token, never the token itself: its SHA-256, or for a credential imported
+// from another system, its bcrypt or argon2id hash.
 package tokenstore
 
 import (
@@ -46,8 +47,51 @@ type Store interface {
 	// It never blocks on I/O: stores write uses in batches.
 	RecordUse(id string, at time.Time, ip netip.Addr)
 
+	// LookupBasic returns the tokens of user whose stored hash is a slow
+	// password hash (bcrypt, argon2id): credentials imported from other
+	// systems, usable with Basic authentication only, where the username
+	// narrows the candidates. The results are shared: do not modify them.
+	LookupBasic(ctx context.Context, user string) ([]*Token, error)
+
+	// HasSlowHashes reports whether any token has a slow password hash.
+	// Without any, a failed Basic attempt has nothing to hide and need not
+	// pay for a fake slow comparison.
+	HasSlowHashes(ctx context.Context) (bool, error)
+
+	// The methods below manage the store for the admin API and the CLI.
+	// They are never on the request path. Each returns only once the
+	// change is durably stored.
+
 	// CreateToken durably adds t, which must not exist yet.
 	CreateToken(ctx context.Context, t Token) error
+
+	// ListTokens returns copies of every token, oldest first.
+	ListTokens(ctx context.Context) ([]Token, error)
+
+	// GetToken returns a copy of token id, or ErrNotFound.
+	GetToken(ctx context.Context, id string) (Token, error)
+
+	// RevokeToken marks token id revoked at at (a token already revoked
+	// keeps its earlier time) and returns it, or ErrNotFound.
+	RevokeToken(ctx context.Context, id string, at time.Time) (Token, error)
+
+	// RevokeUserTokens revokes every token of user not yet revoked and
+	// returns how many it revoked.
+	RevokeUserTokens(ctx context.Context, user string, at time.Time) (int, error)
+
+	// RotateToken adds next and, in the same change, makes token id expire
+	// at oldExpires at the latest. It returns the old token as changed, or
+	// ErrNotFound.
+	RotateToken(ctx context.Context, id string, next Token, oldExpires time.Time) (Token, error)
+
+	// ListUsers returns every listed user.
+	ListUsers(ctx context.Context) (map[string]User, error)
+
+	// PutUser creates or replaces a user's record.
+	PutUser(ctx context.Context, name string, u User) error
+
+	// PutSettings replaces the run-time settings.
+	PutSettings(ctx context.Context, s Settings) error
 
 	// Close writes what is pending and releases the store's resources.
 	Close() error

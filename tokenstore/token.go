@@ -1,12 +1,16 @@
 package tokenstore
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Scope says which request methods a token may be used for.
@@ -40,7 +44,8 @@ func (s Scope) Covers(method string) bool {
 const MaxLastIPs = 5
 
 // Token is one personal API token's record. It never holds the secret:
-// only Hash, the secret's "sha256:<hex>".
+// only Hash, the secret's "sha256:<hex>", or for a credential imported from
+// another system, its bcrypt or argon2id hash.
 type Token struct {
 	// ID identifies the token publicly; safe to log and show.
 	ID string `json:"id"`
@@ -50,7 +55,12 @@ type Token struct {
 	Name string `json:"name,omitempty"`
 	// Scope is read-only (GET, HEAD, OPTIONS) or read-write (every method).
 	Scope Scope `json:"scope"`
-	// Hash is "sha256:<hex>" of the secret.
+	// Hash is "sha256:<hex>" of the secret. Credentials imported from
+	// other systems may instead carry a slow password hash as `caddy
+	// hash-password` prints it, behind its scheme: "bcrypt:$2a$14$…" or
+	// "argon2id:$argon2id$v=19$m=…,t=…,p=…$<salt>$<key>". Those work
+	// with Basic authentication only, where the username narrows the
+	// candidates (see SlowVerifier).
 	Hash string `json:"hash"`
 	// Created is when the token was made.
 	Created time.Time `json:"created"`
@@ -69,7 +79,8 @@ type Token struct {
 	// LastIPs are the most recent distinct client IPs, newest first.
 	LastIPs []string `json:"last_ips,omitempty"`
 
-	digest              Digest
+	digest              Digest // zero for a slow hash
+	kind                hashKind
 	allowedIPs          []netip.Prefix
 	requiredHeaderNames []string
 }
@@ -88,11 +99,11 @@ func (t *Token) Prepare() error {
 	if _, err := ParseScope(string(t.Scope)); err != nil {
 		return fmt.Errorf("token %s: scope: %v", t.ID, err)
 	}
-	d, err := ParseHash(t.Hash)
+	d, kind, err := parseStoredHash(t.Hash)
 	if err != nil {
 		return fmt.Errorf("token %s: hash: %v", t.ID, err)
 	}
-	t.digest = d
+	t.digest, t.kind = d, kind
 	t.allowedIPs, err = ParsePrefixes(t.AllowedIPs)
 	if err != nil {
 		return fmt.Errorf("token %s: allowed_ips: %v", t.ID, err)
@@ -112,8 +123,41 @@ func (t *Token) Prepare() error {
 // the first missing header reported is the same on every request.
 func (t *Token) RequiredHeaderNames() []string { return t.requiredHeaderNames }
 
-// Digest returns the SHA-256 the token is indexed by (after Prepare).
+// Digest returns the SHA-256 the token is indexed by (after Prepare); the
+// zero Digest for a slow hash, which cannot be indexed.
 func (t *Token) Digest() Digest { return t.digest }
+
+// SlowHash reports whether the token's stored hash is a slow password hash
+// (bcrypt or argon2id) rather than sha256: an imported credential, usable
+// with Basic authentication only and checked with SlowVerifier. It reads
+// Hash, so it needs no Prepare.
+func (t *Token) SlowHash() bool {
+	_, _, slow := splitSlowHash(t.Hash)
+	return slow
+}
+
+// clone returns a deep copy of t: nothing in it shares memory with t, so
+// a caller may change it freely.
+func (t *Token) clone() Token {
+	c := *t
+	c.Expires = clonePtr(t.Expires)
+	c.Revoked = clonePtr(t.Revoked)
+	c.LastUsed = clonePtr(t.LastUsed)
+	c.AllowedIPs = slices.Clone(t.AllowedIPs)
+	c.LastIPs = slices.Clone(t.LastIPs)
+	c.RequiredHeaders = maps.Clone(t.RequiredHeaders)
+	c.allowedIPs = slices.Clone(t.allowedIPs)
+	c.requiredHeaderNames = slices.Clone(t.requiredHeaderNames)
+	return c
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	v := *p
+	return &v
+}
 
 // Usable reports whether the token is neither revoked nor expired at now.
 func (t *Token) Usable(now time.Time) bool {
@@ -155,6 +199,13 @@ func (u *User) Prepare() {
 	u.joinedGroups = strings.Join(u.Groups, ",")
 }
 
+// clone returns a deep copy of u.
+func (u *User) clone() User {
+	c := *u
+	c.Groups = slices.Clone(u.Groups)
+	return c
+}
+
 // JoinedGroups returns the groups separated by commas.
 func (u *User) JoinedGroups() string { return u.joinedGroups }
 
@@ -170,12 +221,61 @@ func (u *User) InAnyGroup(groups []string) bool {
 	return false
 }
 
+// ErrInvalid is wrapped by the errors of management methods (CreateToken,
+// RotateToken, PutUser) that refuse their input, as opposed to failing to
+// store it. Their messages name the field at fault.
+var ErrInvalid = errors.New("invalid input")
+
+// invalidError is a refusal of input: its message is the text, and it
+// matches ErrInvalid.
+type invalidError struct{ err error }
+
+func (e invalidError) Error() string        { return e.err.Error() }
+func (e invalidError) Unwrap() []error      { return []error{e.err, ErrInvalid} }
+func invalid(format string, a ...any) error { return invalidError{fmt.Errorf(format, a...)} }
+
+// ValidateUser checks a user record given to a store: the name must be
+// non-empty valid UTF-8 without control characters (it appears in logs,
+// the {http.auth.user.id} placeholder and Basic credentials, which cannot
+// carry them), and every group a non-empty string without control
+// characters. Errors name the field, and match ErrInvalid.
+func ValidateUser(name string, u User) error {
+	if err := checkText(name); err != nil {
+		return invalid("user name: %v", err)
+	}
+	for i, g := range u.Groups {
+		if err := checkText(g); err != nil {
+			return invalid("groups[%d]: %v", i, err)
+		}
+	}
+	return nil
+}
+
+func checkText(s string) error {
+	if s == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%q is not valid UTF-8", s)
+	}
+	if strings.ContainsFunc(s, unicode.IsControl) {
+		return fmt.Errorf("%q contains a control character", s)
+	}
+	return nil
+}
+
 // Settings are the run-time settings kept in the store, so that every
 // server sharing the store obeys them.
 type Settings struct {
 	// TestEndpointEnabled turns the test endpoint off when false.
 	// Default: true.
 	TestEndpointEnabled *bool `json:"test_endpoint_enabled,omitempty"`
+}
+
+// clone returns a copy of s that shares no memory with it.
+func (s Settings) clone() Settings {
+	s.TestEndpointEnabled = clonePtr(s.TestEndpointEnabled)
+	return s
 }
 
 // TestEndpointOn reports whether the test endpoint is enabled (the default).

@@ -1,6 +1,7 @@
 package tokenstore
 
 import (
+	"errors"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -242,7 +243,10 @@ func TestTokenPrepareErrors(t *testing.T) {
 		{"missing scope", func(t *Token) { t.Scope = "" }, []string{"tok1", "scope:"}},
 		{"bad scope", func(t *Token) { t.Scope = "admin" }, []string{"tok1", "scope:", `"admin"`}},
 		{"missing hash", func(t *Token) { t.Hash = "" }, []string{"tok1", "hash:"}},
-		{"bcrypt hash", func(t *Token) { t.Hash = "bcrypt:$2a$14$abc" }, []string{"tok1", "hash:", "scheme"}},
+		{"unknown scheme", func(t *Token) { t.Hash = "md5:" + strings.Repeat("0", 32) }, []string{"tok1", "hash:", "scheme"}},
+		{"bare bcrypt without its scheme", func(t *Token) { t.Hash = "$2a$04$" + strings.Repeat("a", 53) }, []string{"tok1", "hash:", "scheme"}},
+		{"malformed bcrypt hash", func(t *Token) { t.Hash = "bcrypt:$2a$14$abc" }, []string{"tok1", "hash:", "malformed bcrypt"}},
+		{"malformed argon2id hash", func(t *Token) { t.Hash = "argon2id:$argon2id$v=19$m=65536" }, []string{"tok1", "hash:", "malformed argon2id"}},
 		{"short hash", func(t *Token) { t.Hash = t.Hash[:len(t.Hash)-2] }, []string{"tok1", "hash:", "64"}},
 		{"bad CIDR", func(t *Token) { t.AllowedIPs = []string{"10.0.0.0/8", "10.0.0.0/40"} }, []string{"tok1", "allowed_ips:", "10.0.0.0/40"}},
 		{"bad IP", func(t *Token) { t.AllowedIPs = []string{"localhost"} }, []string{"tok1", "allowed_ips:", "localhost"}},
@@ -377,6 +381,39 @@ func TestSettingsTestEndpointOn(t *testing.T) {
 	for _, tt := range tests {
 		if got := (Settings{TestEndpointEnabled: tt.in}).TestEndpointOn(); got != tt.want {
 			t.Errorf("TestEndpointOn() with %v = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestValidateUser(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		user    string
+		groups  []string
+		wantErr string // "" for valid
+	}{
+		{"plain", "alice", []string{"dev", "ops"}, ""},
+		{"email and spaces", "Alice Smith <alice@example.com>", nil, ""},
+		{"unicode", "Zoë", []string{"équipe"}, ""},
+		{"no groups", "bob", []string{}, ""},
+		{"empty name", "", nil, "user name: must not be empty"},
+		{"tab in name", "a\tb", nil, "user name:"},
+		{"CR in name", "a\rb", nil, "control character"},
+		{"invalid UTF-8", "\xc3", nil, "UTF-8"},
+		{"empty group", "alice", []string{""}, "groups[0]: must not be empty"},
+		{"newline in group", "alice", []string{"dev", "ops\n"}, "groups[1]:"},
+	}
+	for _, tt := range tests {
+		err := ValidateUser(tt.user, User{Groups: tt.groups})
+		if tt.wantErr == "" {
+			if err != nil {
+				t.Errorf("%s: ValidateUser: %v", tt.name, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: ValidateUser error = %v, want one containing %q matching ErrInvalid", tt.name, err, tt.wantErr)
 		}
 	}
 }
