@@ -137,8 +137,9 @@ func parseAuthorization(header string) (credentials, bool) {
 // authenticate runs the checks of SPEC §4 in order, and has the lockout
 // count the result.
 func (h *Handler) authenticate(r *http.Request, clientIP netip.Addr) verdict {
-	v := h.check(r, clientIP)
-	return h.settle(v, clientIP)
+	v := h.settle(h.check(r, clientIP), clientIP)
+	h.metrics.results[v.outcome].Inc()
+	return v
 }
 
 // check runs the checks of SPEC §4 in order. It reads the store only
@@ -170,8 +171,11 @@ func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
 
 	// Check 4.
 	token, outcome := h.findToken(r.Context(), cred.secret)
-	if outcome == authenticated && cred.basic && !sameString(cred.username, token.User) {
+	switch {
+	case outcome == authenticated && cred.basic && !sameString(cred.username, token.User):
 		outcome = invalidToken
+	case outcome == invalidToken && cred.basic:
+		token, outcome = h.findImported(r.Context(), cred.username, cred.secret)
 	}
 	if outcome != authenticated {
 		v.outcome = outcome
@@ -180,8 +184,10 @@ func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
 	v.token = token
 
 	// Check 5.
-	var err error
-	v.user, err = h.store.LookupUser(r.Context(), token.User)
+	start := time.Now()
+	user, err := h.store.LookupUser(r.Context(), token.User)
+	observeSince(h.metrics.lookupUser, start)
+	v.user = user
 	if err != nil {
 		v.outcome = lookupFailure(err)
 		return v
@@ -226,7 +232,9 @@ func (h *Handler) findToken(ctx context.Context, secret string) (*tokenstore.Tok
 	// Tokens are found by the SHA-256 of the secret, never by comparing
 	// secrets: how long a look-up takes can only tell an attacker about
 	// hashes of their own guesses, not about any stored secret.
+	start := time.Now()
 	token, err := h.store.LookupToken(ctx, tokenstore.DigestOf(secret))
+	observeSince(h.metrics.lookupToken, start)
 	if err != nil {
 		return nil, lookupFailure(err)
 	}
@@ -236,10 +244,48 @@ func (h *Handler) findToken(ctx context.Context, secret string) (*tokenstore.Tok
 	return token, authenticated
 }
 
+// findImported looks for an imported credential with a slow password hash
+// (bcrypt, argon2id) among the user's: Basic only, where the username
+// narrows the candidates. A verified secret is cached, so the slow hash is
+// paid once. When the user has no such credential, the same slow
+// comparison is spent on a fake hash, so that timing does not tell which
+// users have one; a realm without any slow hash has nothing to hide and
+// pays nothing.
+func (h *Handler) findImported(ctx context.Context, user, secret string) (*tokenstore.Token, outcome) {
+	start := time.Now()
+	candidates, err := h.store.LookupBasic(ctx, user)
+	observeSince(h.metrics.lookupBasic, start)
+	if err != nil {
+		return nil, lookupFailure(err)
+	}
+	if len(candidates) == 0 {
+		anySlow, err := h.store.HasSlowHashes(ctx)
+		if err != nil {
+			return nil, lookupFailure(err)
+		}
+		if anySlow {
+			h.slow.FakeVerify(secret)
+		}
+		return nil, invalidToken
+	}
+	for _, t := range candidates {
+		if h.slow.Verify(t, secret) {
+			if !t.Usable(h.now()) {
+				return nil, invalidToken
+			}
+			return t, authenticated
+		}
+	}
+	return nil, invalidToken
+}
+
 // checkOwnedToken reports whether secret is a usable token of user: what
 // the unlock page asks before it clears a challenge.
 func (h *Handler) checkOwnedToken(ctx context.Context, user, secret string) (bool, error) {
 	token, outcome := h.findToken(ctx, secret)
+	if outcome == invalidToken {
+		token, outcome = h.findImported(ctx, user, secret)
+	}
 	switch outcome {
 	case authenticated:
 		return sameString(user, token.User), nil

@@ -123,6 +123,9 @@ type Handler struct {
 	unlock      *captcha.UnlockPage
 	unlockPath  string
 	realmHeld   bool // captcha.Acquire succeeded; Cleanup releases it
+	registered  bool // in the realm registry; Cleanup removes it
+	metrics     *realmMetrics
+	slow        *tokenstore.SlowVerifier
 	allowIPs    []netip.Prefix
 	testPath    string
 	testEnabled bool // false when test_endpoint is "off"
@@ -179,6 +182,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("store %s: %v", h.storeConfig, err)
 	}
 	h.store = store
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	h.metrics = newRealmMetrics(h.Realm, store.Kind())
+	h.slow = &tokenstore.SlowVerifier{Observe: func(hit bool) {
+		if hit {
+			h.metrics.slowHashHit.Inc()
+		} else {
+			h.metrics.slowHashMiss.Inc()
+		}
+	}}
 
 	lockout := h.Lockout.Settings()
 	lockout.Captcha.Secret = caddy.NewReplacer().ReplaceKnown(lockout.Captcha.Secret, "")
@@ -190,6 +204,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.lockout = realm.Lockout
 	h.unlockPath = lockout.UnlockPath
 	h.unlock = captcha.NewUnlockPage(lockout, realm.Puzzles, realm.Lockout, h.checkOwnedToken, h.logger.Named("unlock"))
+	h.register()
+	h.registered = true
 	return nil
 }
 
@@ -252,6 +268,9 @@ var cookieNamePattern = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 // config using them closes them.
 func (h *Handler) Cleanup() error {
 	var errs []error
+	if h.registered {
+		errs = append(errs, h.unregister())
+	}
 	if h.realmHeld {
 		errs = append(errs, captcha.Release(h.Realm))
 	}

@@ -327,6 +327,24 @@ func (l *Lockout) dropBan(ip netip.Addr) {
 	}
 }
 
+// Active counts the challenges and bans in force, for metrics.
+func (l *Lockout) Active() (challenges, bans int) {
+	now := l.now()
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	for _, c := range l.challenges {
+		if c.activeAt(now) {
+			challenges++
+		}
+	}
+	for _, b := range l.bans {
+		if b.activeAt(now) {
+			bans++
+		}
+	}
+	return challenges, bans
+}
+
 // Counter is one failure count, for listings.
 type Counter struct {
 	User     string     `json:"user,omitempty"`
