@@ -37,6 +37,12 @@ type apiFixture struct {
 
 func startAPI(t *testing.T) *apiFixture {
 	t.Helper()
+	return startAPIWith(t, "")
+}
+
+// startAPIWith is startAPI with more global options.
+func startAPIWith(t *testing.T, globalOptions string) *apiFixture {
+	t.Helper()
 	dir := t.TempDir()
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: 2998})
 	loaded := false
@@ -50,6 +56,7 @@ func startAPI(t *testing.T) *apiFixture {
 	admin `+adminAddr+`
 	http_port 9081
 	storage file_system `+filepath.Join(dir, "caddy-storage")+`
+	`+strings.ReplaceAll(globalOptions, "DIR", dir)+`
 	servers {
 		trusted_proxies static private_ranges
 	}

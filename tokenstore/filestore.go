@@ -169,6 +169,19 @@ func (s *FileStore) LookupBasic(_ context.Context, user string) ([]*Token, error
 	return s.current.Load().slow[user], nil
 }
 
+// Check reads the file as a fresh open would, and reports what is wrong
+// with it, without changing what the store serves.
+func (s *FileStore) Check() error {
+	doc, _, err := readDocument(s.path)
+	if err != nil {
+		return err
+	}
+	if _, err := doc.snapshot(); err != nil {
+		return fmt.Errorf("token store file %s: %v", s.path, err)
+	}
+	return nil
+}
+
 // HasSlowHashes implements Store.
 func (s *FileStore) HasSlowHashes(context.Context) (bool, error) {
 	return len(s.current.Load().slow) > 0, nil

@@ -770,3 +770,40 @@ func TestFileStoreManagementConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A config (re)loaded while the file is corrupt is refused, even though
+// the running config's store keeps serving the last good contents.
+func TestAcquireRefusesCorruptFileOfOpenStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	if err := os.WriteFile(path, []byte(`{"version": 1, "tokens": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Type: TypeFile, Path: path}
+	running, err := Acquire(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Release(cfg)
+	if err := os.WriteFile(path, []byte(`{"version": 1, "tokens": [`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Acquire(cfg, nil); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Acquire of a corrupt file = %v, want an error naming %s", err, path)
+	}
+	// The refused Acquire gave its reference back: one Release closes the
+	// running store, and a new Acquire opens afresh.
+	if _, err := running.ListTokens(context.Background()); err != nil {
+		t.Errorf("running store stopped serving: %v", err)
+	}
+	if err := os.WriteFile(path, []byte(`{"version": 1, "tokens": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Acquire(cfg, nil)
+	if err != nil {
+		t.Fatalf("Acquire after the file was fixed: %v", err)
+	}
+	if again != running {
+		t.Error("a second Acquire opened a new store instead of sharing")
+	}
+	Release(cfg)
+}

@@ -179,7 +179,7 @@ func Acquire(c Config, logger *zap.Logger) (Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+	v, loaded, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		s, err := Open(c, logger)
 		if err != nil {
 			return nil, err
@@ -189,7 +189,18 @@ func Acquire(c Config, logger *zap.Logger) (Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v.(pooledStore).Store, nil
+	s := v.(pooledStore).Store
+	// A store already open (the running config's) keeps serving its last
+	// good contents when its file goes bad; a new config must still be
+	// refused then, as it would be by a fresh open, so that `caddy reload`
+	// keeps the running config.
+	if checker, ok := s.(interface{ Check() error }); ok && loaded {
+		if err := checker.Check(); err != nil {
+			_, _ = stores.Delete(key)
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // Release gives back a store taken with Acquire; the last release closes it.
