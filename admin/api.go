@@ -48,7 +48,8 @@ func (API) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the logger.
 func (a *API) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	a.now = time.Now
+	// Times the API writes are kept to the second, as people read them.
+	a.now = func() time.Time { return time.Now().UTC().Truncate(time.Second) }
 	return nil
 }
 
