@@ -117,21 +117,22 @@ type Handler struct {
 	// On by default, with the defaults of each option; see captcha.Config.
 	Lockout *captcha.Config `json:"lockout,omitempty"`
 
-	store       tokenstore.Store
-	storeConfig tokenstore.Config // as acquired, placeholders expanded
-	lockout     *captcha.Lockout
-	unlock      *captcha.UnlockPage
-	unlockPath  string
-	realmHeld   bool // captcha.Acquire succeeded; Cleanup releases it
-	registered  bool // in the realm registry; Cleanup removes it
-	metrics     *realmMetrics
-	slow        *tokenstore.SlowVerifier
-	allowIPs    []netip.Prefix
-	testPath    string
-	testEnabled bool // false when test_endpoint is "off"
-	atlassian   bool
-	logger      *zap.Logger
-	now         func() time.Time
+	store        tokenstore.Store
+	storeConfig  tokenstore.Config // as acquired, placeholders expanded
+	lockout      *captcha.Lockout
+	unlock       *captcha.UnlockPage
+	unlockPath   string
+	realmHeld    bool   // captcha.Acquire succeeded; Cleanup releases it
+	registered   bool   // in the realm registry; Cleanup removes it
+	registration *Realm // what register put there
+	metrics      *realmMetrics
+	slow         *tokenstore.SlowVerifier
+	allowIPs     []netip.Prefix
+	testPath     string
+	testEnabled  bool // false when test_endpoint is "off"
+	atlassian    bool
+	logger       *zap.Logger
+	now          func() time.Time
 }
 
 // CaddyModule returns the Caddy module information.
@@ -196,7 +197,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	lockout := h.Lockout.Settings()
 	lockout.Captcha.Secret = caddy.NewReplacer().ReplaceKnown(lockout.Captcha.Secret, "")
-	realm, err := captcha.Acquire(h.Realm, lockout, ctx.Storage(), h.logger.Named("lockout"))
+	realm, err := captcha.Acquire(h.Realm, h, lockout, ctx.Storage(), h.logger.Named("lockout"))
 	if err != nil {
 		return fmt.Errorf("lockout: %v", err)
 	}
@@ -272,7 +273,7 @@ func (h *Handler) Cleanup() error {
 		errs = append(errs, h.unregister())
 	}
 	if h.realmHeld {
-		errs = append(errs, captcha.Release(h.Realm))
+		errs = append(errs, captcha.Release(h.Realm, h))
 	}
 	if h.store != nil {
 		errs = append(errs, tokenstore.Release(h.storeConfig))

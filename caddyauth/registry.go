@@ -1,8 +1,9 @@
 package caddyauth
 
 import (
+	"slices"
 	"sort"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -25,12 +26,26 @@ type Realm struct {
 	TestEndpointConfigured bool
 }
 
-// realmEntry holds the latest Realm provisioned under a name. Caddy
-// provisions a new config before it cleans up the old one, so an entry
-// outlives a reload and simply takes the new config's values.
-type realmEntry struct{ current atomic.Pointer[Realm] }
+// realmEntry holds the Realms that loaded configs provisioned under one
+// name, oldest first. The newest is the one in force: Caddy provisions a
+// new config before it cleans up the old one. A config that fails to load
+// is cleaned up too, and removing its registration leaves the running
+// config's in force again.
+type realmEntry struct {
+	mu   sync.Mutex
+	regs []*Realm
+}
 
 func (*realmEntry) Destruct() error { return nil }
+
+func (e *realmEntry) current() *Realm {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.regs) == 0 {
+		return nil
+	}
+	return e.regs[len(e.regs)-1]
+}
 
 // realms is the registry of live realms. Caddy builds admin modules with
 // New() on every config load and cannot configure them; this is how the
@@ -40,7 +55,7 @@ var realms = caddy.NewUsagePool()
 // register makes h's realm findable until Cleanup unregisters it.
 func (h *Handler) register() {
 	v, _, _ := realms.LoadOrNew(h.Realm, func() (caddy.Destructor, error) { return new(realmEntry), nil })
-	v.(*realmEntry).current.Store(&Realm{
+	h.registration = &Realm{
 		Name:                   h.Realm,
 		Store:                  h.store,
 		StoreConfig:            h.storeConfig,
@@ -48,20 +63,28 @@ func (h *Handler) register() {
 		TokenPrefix:            h.TokenPrefix,
 		MaxLifetime:            time.Duration(h.MaxLifetime),
 		TestEndpointConfigured: h.testEnabled,
-	})
+	}
+	e := v.(*realmEntry)
+	e.mu.Lock()
+	e.regs = append(e.regs, h.registration)
+	e.mu.Unlock()
 }
 
 func (h *Handler) unregister() error {
+	if v, ok := lookupEntry(h.Realm); ok {
+		v.mu.Lock()
+		v.regs = slices.DeleteFunc(v.regs, func(r *Realm) bool { return r == h.registration })
+		v.mu.Unlock()
+	}
 	_, err := realms.Delete(h.Realm)
 	return err
 }
 
-// LookupRealm returns the live realm called name.
-func LookupRealm(name string) (*Realm, bool) {
-	var found *Realm
+func lookupEntry(name string) (*realmEntry, bool) {
+	var found *realmEntry
 	realms.Range(func(key, value any) bool {
 		if key == name {
-			found = value.(*realmEntry).current.Load()
+			found = value.(*realmEntry)
 			return false
 		}
 		return true
@@ -69,11 +92,21 @@ func LookupRealm(name string) (*Realm, bool) {
 	return found, found != nil
 }
 
+// LookupRealm returns the live realm called name.
+func LookupRealm(name string) (*Realm, bool) {
+	e, ok := lookupEntry(name)
+	if !ok {
+		return nil, false
+	}
+	r := e.current()
+	return r, r != nil
+}
+
 // Realms returns every live realm, by name.
 func Realms() []*Realm {
 	var out []*Realm
 	realms.Range(func(_, value any) bool {
-		if r := value.(*realmEntry).current.Load(); r != nil {
+		if r := value.(*realmEntry).current(); r != nil {
 			out = append(out, r)
 		}
 		return true

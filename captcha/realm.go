@@ -1,6 +1,8 @@
 package captcha
 
 import (
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -21,6 +23,20 @@ const (
 type Realm struct {
 	Lockout *Lockout
 	Puzzles *PuzzleStore
+
+	// regs are the lockout settings of the configs using the realm, oldest
+	// first; the newest is in force. A config that fails to load is
+	// cleaned up too, and removing its registration puts the running
+	// config's settings back.
+	mu   sync.Mutex
+	regs []registration
+}
+
+type registration struct {
+	owner   any
+	s       Settings
+	storage certmagic.Storage
+	logger  *zap.Logger
 }
 
 // Destruct stops the realm's storage goroutine once no config uses it.
@@ -29,13 +45,24 @@ func (r *Realm) Destruct() error {
 	return nil
 }
 
+// apply puts the newest registration in force. r.mu must be held.
+func (r *Realm) apply() {
+	if len(r.regs) == 0 {
+		return
+	}
+	reg := r.regs[len(r.regs)-1]
+	r.Lockout.Configure(reg.s, reg.logger)
+	r.Lockout.SetStorage(reg.storage)
+}
+
 var realms = caddy.NewUsagePool()
 
 // Acquire returns the realm's state, creating it (and loading its
 // challenges and bans from storage) if no loaded config has it yet, and
-// applies s. Pair each Acquire with a Release.
-func Acquire(name string, s Settings, storage certmagic.Storage, logger *zap.Logger) (*Realm, error) {
-	v, loaded, err := realms.LoadOrNew(name, func() (caddy.Destructor, error) {
+// puts owner's settings in force. Pair each Acquire with a Release by the
+// same owner.
+func Acquire(name string, owner any, s Settings, storage certmagic.Storage, logger *zap.Logger) (*Realm, error) {
+	v, _, err := realms.LoadOrNew(name, func() (caddy.Destructor, error) {
 		l := NewLockout(s, logger, time.Now)
 		if storage != nil {
 			l.Persist(name, storage)
@@ -46,15 +73,21 @@ func Acquire(name string, s Settings, storage certmagic.Storage, logger *zap.Log
 		return nil, err
 	}
 	r := v.(*Realm)
-	if loaded {
-		r.Lockout.Configure(s, logger)
-		r.Lockout.SetStorage(storage)
-	}
+	r.mu.Lock()
+	r.regs = append(r.regs, registration{owner: owner, s: s, storage: storage, logger: logger})
+	r.apply()
+	r.mu.Unlock()
 	return r, nil
 }
 
-// Release gives back a realm taken with Acquire.
-func Release(name string) error {
+// Release gives back the realm owner took with Acquire.
+func Release(name string, owner any) error {
+	if r, ok := Lookup(name); ok {
+		r.mu.Lock()
+		r.regs = slices.DeleteFunc(r.regs, func(reg registration) bool { return reg.owner == owner })
+		r.apply()
+		r.mu.Unlock()
+	}
 	_, err := realms.Delete(name)
 	return err
 }
