@@ -80,7 +80,7 @@ func TestLogsAndMetrics(t *testing.T) {
 			`caddy_api_token_auth_active_challenges{realm="corp"} 0`,
 			`caddy_api_token_auth_active_bans{realm="corp"} 0`,
 			`caddy_api_token_auth_store_operation_duration_seconds_count{operation="lookup_token",realm="corp",store="file"}`,
-			`caddy_api_token_auth_cache_lookups_total{cache="slow_hash",realm="corp",result="miss"} 1`,
+			`caddy_api_token_auth_cache_lookups_total{cache="slow_hash",realm="corp",result="miss"}`,
 		} {
 			if !strings.Contains(body, want) {
 				t.Errorf("/metrics lacks %s", want)

@@ -225,6 +225,222 @@ func TestRealBinary(t *testing.T) {
 	})
 }
 
+// TestRealBinaryAdminAPI drives a running Caddy with the plugin through
+// `caddy api-token` and its admin API (SPEC §8, §9), and checks a reload
+// that Caddy must refuse (SPEC §10).
+func TestRealBinaryAdminAPI(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatalf("curl is required for this test (scripts/test.sh installs it): %v", err)
+	}
+	dir := t.TempDir()
+	h := &harness{t: t, caddy: caddyBinary(t), curl: curl, env: childEnv(t, dir)}
+
+	t.Run("list-modules", func(t *testing.T) {
+		stdout, stderr, err := h.run(nil, "list-modules")
+		if err != nil {
+			t.Fatalf("caddy list-modules: %v\n%s", err, stderr)
+		}
+		modules := strings.Fields(stdout)
+		for _, id := range []string{"admin.api.api_token_auth", "http.handlers.api_token_auth"} {
+			if !slices.Contains(modules, id) {
+				t.Errorf("caddy list-modules does not list %s:\n%s", id, stdout)
+			}
+		}
+	})
+
+	adminAddr, siteAddr := freeAddr(t), freeAddr(t)
+	dataDir := filepath.Join(dir, "data")
+	store := filepath.Join(dir, "tokens.json") // made by the first token
+	caddyfile := writeFile(t, dir, "Caddyfile", caddyfileText(adminAddr, siteAddr, dataDir, store, ""))
+	h.startCaddy(dir, caddyfile, siteAddr)
+	base := "http://" + siteAddr + "/"
+	admin := []string{"--address", adminAddr}
+	get := func(t *testing.T, user, secret string) response {
+		t.Helper()
+		return h.curlRequest(t, "-u", user+":"+secret, base)
+	}
+
+	// Create, then use the token at once.
+	stdout, stderr := h.apiToken(t, append([]string{"create", "--user", "bob", "--name", "laptop"}, admin...)...)
+	first := strings.TrimSuffix(stdout, "\n")
+	if !secretPattern.MatchString(first) {
+		t.Fatalf("create printed %q on stdout, want only a token\nstderr:\n%s", stdout, stderr)
+	}
+	if !strings.Contains(stderr, "realm default at "+adminAddr) {
+		t.Errorf("create: stderr does not say where the token was made:\n%s", stderr)
+	}
+	if resp := get(t, "bob", first); resp.status != http.StatusOK || resp.body != "hello bob" {
+		t.Fatalf("the new token: %d %s", resp.status, resp.body)
+	}
+	ids := h.activeTokenIDs(t, adminAddr, "bob")
+	if len(ids) != 1 {
+		t.Fatalf("bob's active tokens: %q, want the one just made", ids)
+	}
+	firstID := ids[0]
+
+	t.Run("list finds the admin address in the config", func(t *testing.T) {
+		// No --address: like `caddy stop`, the command reads it from --config.
+		stdout, stderr := h.apiToken(t, "list", "--config", caddyfile)
+		want := regexp.MustCompile(`(?m)^ID +USER +NAME +SCOPE +STATUS +EXPIRES +LAST USED\n` + firstID + ` +bob +laptop +read-write +active +never +\S+\n\z`)
+		if !want.MatchString(stdout) {
+			t.Errorf("list printed:\n%s\nstderr:\n%s", stdout, stderr)
+		}
+	})
+
+	var second string
+	t.Run("rotate with a grace period", func(t *testing.T) {
+		stdout, stderr := h.apiToken(t, append([]string{"rotate", firstID, "--grace", "1h"}, admin...)...)
+		second = strings.TrimSuffix(stdout, "\n")
+		if !secretPattern.MatchString(second) || second == first {
+			t.Fatalf("rotate printed %q on stdout, want only a new token\nstderr:\n%s", stdout, stderr)
+		}
+		if !strings.Contains(stderr, "The old token "+firstID+" keeps working until ") {
+			t.Errorf("rotate: stderr does not say when the old token stops:\n%s", stderr)
+		}
+		for name, s := range map[string]string{"old": first, "new": second} {
+			if resp := get(t, "bob", s); resp.status != http.StatusOK {
+				t.Errorf("%s token during the grace period: %d %s", name, resp.status, resp.body)
+			}
+		}
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("revoke applies at once", func(t *testing.T) {
+		var secondID string
+		for _, id := range h.activeTokenIDs(t, adminAddr, "bob") {
+			if id != firstID {
+				secondID = id
+			}
+		}
+		if secondID == "" {
+			t.Fatal("the rotated token is not listed")
+		}
+		_, stderr := h.apiToken(t, append([]string{"revoke", secondID}, admin...)...)
+		if !strings.Contains(stderr, "Revoked token "+secondID) {
+			t.Errorf("revoke: stderr %q", stderr)
+		}
+		if resp := get(t, "bob", second); resp.status != http.StatusUnauthorized {
+			t.Errorf("revoked token: %d %s, want 401 at once", resp.status, resp.body)
+		}
+		if resp := get(t, "bob", first); resp.status != http.StatusOK {
+			t.Errorf("the old token, still in its grace period: %d %s", resp.status, resp.body)
+		}
+	})
+
+	t.Run("unlock clears a CAPTCHA challenge", func(t *testing.T) {
+		wrong := h.createToken(filepath.Join(dir, "other-tokens.json"), "--user", "bob")
+		for i := range 5 {
+			if resp := get(t, "bob", wrong); resp.status != http.StatusUnauthorized && resp.status != http.StatusForbidden {
+				t.Fatalf("bad attempt %d: %d %s", i+1, resp.status, resp.body)
+			}
+		}
+		const challenged = `{"message":"For security reasons you must answer a CAPTCHA question."}`
+		if resp := get(t, "bob", first); resp.status != http.StatusForbidden || resp.body != challenged {
+			t.Fatalf("right token after 5 bad attempts: %d %s", resp.status, resp.body)
+		}
+		_, stderr := h.apiToken(t, append([]string{"unlock", "--user", "bob"}, admin...)...)
+		if !strings.Contains(stderr, "1 CAPTCHA challenge(s) of user bob") {
+			t.Errorf("unlock: stderr %q", stderr)
+		}
+		if resp := get(t, "bob", first); resp.status != http.StatusOK {
+			t.Errorf("after unlock: %d %s", resp.status, resp.body)
+		}
+	})
+
+	t.Run("errors exit 1 with the API's message", func(t *testing.T) {
+		out := h.mustFail(t, append([]string{"api-token", "revoke", "nope"}, admin...)...)
+		if !strings.Contains(out, "caddy api-token revoke: unknown token nope (404)") {
+			t.Errorf("revoke of an unknown token printed:\n%s", out)
+		}
+		out = h.mustFail(t, "api-token", "unlock", "--user", "bob", "--store", "file:"+store)
+		if !strings.Contains(out, "lockouts live in the running server") {
+			t.Errorf("unlock --store printed:\n%s", out)
+		}
+	})
+
+	// SPEC §10: a config whose store file is corrupt is refused, and the
+	// running config keeps serving.
+	corrupt := writeFile(t, dir, "corrupt-tokens.json", `{"version": 1, "tokens": [`)
+	t.Run("reload to a corrupt store is refused", func(t *testing.T) {
+		bad := writeFile(t, dir, "Caddyfile.corrupt", caddyfileText(adminAddr, siteAddr, dataDir, corrupt, ""))
+		out := h.mustFail(t, "reload", "--config", bad, "--adapter", "caddyfile", "--address", adminAddr)
+		if !strings.Contains(out, corrupt) {
+			t.Errorf("caddy reload failed without naming %s:\n%s", corrupt, out)
+		}
+		if resp := get(t, "bob", first); resp.status != http.StatusOK || resp.body != "hello bob" {
+			t.Errorf("after the refused reload: %d %s, want the old config serving", resp.status, resp.body)
+		}
+	})
+
+	// A refused config may have provisioned a realm before another module
+	// failed; the admin API must keep managing the running config's realm.
+	t.Run("a refused reload leaves the admin API on the running config", func(t *testing.T) {
+		other := filepath.Join(dir, "refused-tokens.json")
+		text := caddyfileText(adminAddr, siteAddr, dataDir, other, "")
+		text = strings.Replace(text, "\trespond ", fmt.Sprintf("\troute /other/* {\n\t\tapi_token_auth {\n\t\t\trealm other\n\t\t\tstore file %q\n\t\t}\n\t}\n\trespond ", corrupt), 1)
+		bad := writeFile(t, dir, "Caddyfile.half", text)
+		if out := h.mustFail(t, "reload", "--config", bad, "--adapter", "caddyfile", "--address", adminAddr); !strings.Contains(out, corrupt) {
+			t.Errorf("caddy reload failed without naming %s:\n%s", corrupt, out)
+		}
+		if ids := h.activeTokenIDs(t, adminAddr, "bob"); !slices.Contains(ids, firstID) {
+			t.Errorf("after the refused reload the admin API lists bob's active tokens %q, want %s of the running config", ids, firstID)
+		}
+		stdout, stderr := h.apiToken(t, append([]string{"create", "--user", "carol"}, admin...)...)
+		secret := strings.TrimSuffix(stdout, "\n")
+		if resp := get(t, "carol", secret); resp.status != http.StatusOK {
+			t.Errorf("a token made after the refused reload: %d %s, want 200 on the running config\n%s", resp.status, resp.body, stderr)
+		}
+	})
+}
+
+// apiToken runs `caddy api-token args…`, which must succeed.
+func (h *harness) apiToken(t *testing.T, args ...string) (stdout, stderr string) {
+	t.Helper()
+	args = append([]string{"api-token"}, args...)
+	stdout, stderr, err := h.run(nil, args...)
+	if err != nil {
+		t.Fatalf("caddy %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout, stderr)
+	}
+	return stdout, stderr
+}
+
+// mustFail runs a Caddy command that must exit with status 1, and returns
+// what it printed.
+func (h *harness) mustFail(t *testing.T, args ...string) string {
+	t.Helper()
+	stdout, stderr, err := h.run(nil, args...)
+	var exitErr *exec.ExitError
+	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
+		t.Errorf("caddy %s: want exit status 1, got %v\n%s%s", strings.Join(args, " "), err, stdout, stderr)
+	}
+	return stdout + stderr
+}
+
+// activeTokenIDs lists user's active tokens through the admin API, with
+// `caddy api-token list --json`, oldest first.
+func (h *harness) activeTokenIDs(t *testing.T, adminAddr, user string) []string {
+	t.Helper()
+	stdout, _ := h.apiToken(t, "list", "--address", adminAddr, "--user", user, "--status", "active", "--json")
+	var tokens []struct {
+		ID   string `json:"id"`
+		User string `json:"user"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &tokens); err != nil {
+		t.Fatalf("list --json printed %q: %v", stdout, err)
+	}
+	var ids []string
+	for _, tok := range tokens {
+		if tok.User != user {
+			t.Errorf("list --user %s listed a token of %s", user, tok.User)
+		}
+		ids = append(ids, tok.ID)
+	}
+	return ids
+}
+
 // harness runs the binaries under test with a private environment.
 type harness struct {
 	t     *testing.T
