@@ -64,8 +64,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.Realm) || d.NextArg() {
 				return d.ArgErr()
 			}
-			if !realmPattern.MatchString(h.Realm) {
-				return d.Errf("realm %q: only letters, digits, '.', '_' and '-' are allowed", h.Realm)
+			if err := checkRealm(h.Realm); err != nil {
+				return d.Err(err.Error())
 			}
 
 		case "store":
@@ -82,8 +82,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.TestEndpoint) || d.NextArg() {
 				return d.ArgErr()
 			}
-			if h.TestEndpoint != testEndpointOff && h.TestEndpoint[0] != '/' {
-				return d.Errf("test_endpoint %q: must be a path starting with / or 'off'", h.TestEndpoint)
+			if err := checkTestEndpoint(h.TestEndpoint); err != nil {
+				return d.Err(err.Error())
 			}
 
 		case "allow_groups":
@@ -107,8 +107,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.Anonymous) || d.NextArg() {
 				return d.ArgErr()
 			}
-			if h.Anonymous != anonymousDeny && h.Anonymous != anonymousAllow {
-				return d.Errf("anonymous %q: must be 'deny' or 'allow'", h.Anonymous)
+			if err := checkAnonymous(h.Anonymous); err != nil {
+				return d.Err(err.Error())
 			}
 
 		case "keep_authorization":
@@ -122,10 +122,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(names) == 0 {
 				return d.ArgErr()
 			}
-			for _, name := range names {
-				if !cookieNamePattern.MatchString(name) {
-					return d.Errf("session_cookies %q: not a valid cookie name", name)
-				}
+			if err := checkSessionCookies(names); err != nil {
+				return d.Err(err.Error())
 			}
 			h.SessionCookies = append(h.SessionCookies, names...)
 
@@ -148,8 +146,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.Args(&h.TokenPrefix) || d.NextArg() {
 				return d.ArgErr()
 			}
-			if err := tokenstore.ValidatePrefix(h.TokenPrefix); err != nil {
-				return d.Errf("token_prefix %v", err)
+			if err := checkTokenPrefix(h.TokenPrefix); err != nil {
+				return d.Err(err.Error())
 			}
 
 		case "max_lifetime", "cache_ttl":

@@ -216,54 +216,89 @@ const (
 	anonymousAllow = "allow"
 )
 
-var realmPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
-
 // Validate checks the configuration; every message names the option and
-// the offending value.
+// the offending value. The Caddyfile parser runs the same checks, option
+// by option, so that its errors also carry the line.
 func (h *Handler) Validate() error {
-	if !realmPattern.MatchString(h.Realm) {
-		return fmt.Errorf("realm %q: only letters, digits, '.', '_' and '-' are allowed", h.Realm)
-	}
-	if err := h.Store.Validate(); err != nil {
-		return err
-	}
-	if h.TestEndpoint != "" && h.TestEndpoint != testEndpointOff && !strings.HasPrefix(h.TestEndpoint, "/") {
-		return fmt.Errorf("test_endpoint %q: must be a path starting with / or 'off'", h.TestEndpoint)
+	checks := []error{
+		checkRealm(h.Realm),
+		h.Store.Validate(),
+		checkTestEndpoint(h.TestEndpoint),
+		checkAnonymous(h.Anonymous),
+		checkSessionCookies(h.SessionCookies),
+		checkTokenPrefix(h.TokenPrefix),
+		checkNotNegative("max_lifetime", h.MaxLifetime),
+		checkNotNegative("cache_ttl", h.CacheTTL),
+		h.Lockout.Validate(),
 	}
 	for _, g := range h.AllowGroups {
 		if g == "" {
-			return fmt.Errorf("allow_groups: empty group name")
+			checks = append(checks, fmt.Errorf("allow_groups: empty group name"))
 		}
 	}
 	if _, err := tokenstore.ParsePrefixes(h.AllowIPs); err != nil {
-		return fmt.Errorf("allow_ips: %v", err)
+		checks = append(checks, fmt.Errorf("allow_ips: %v", err))
 	}
-	switch h.Anonymous {
+	for _, err := range checks {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var realmPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+func checkRealm(realm string) error {
+	if !realmPattern.MatchString(realm) {
+		return fmt.Errorf("realm %q: only letters, digits, '.', '_' and '-' are allowed", realm)
+	}
+	return nil
+}
+
+func checkTestEndpoint(path string) error {
+	if path != "" && path != testEndpointOff && !strings.HasPrefix(path, "/") {
+		return fmt.Errorf("test_endpoint %q: must be a path starting with / or 'off'", path)
+	}
+	return nil
+}
+
+func checkAnonymous(mode string) error {
+	switch mode {
 	case "", anonymousDeny, anonymousAllow:
-	default:
-		return fmt.Errorf("anonymous %q: must be 'deny' or 'allow'", h.Anonymous)
+		return nil
 	}
-	for _, name := range h.SessionCookies {
-		if !cookieNamePattern.MatchString(name) {
-			return fmt.Errorf("session_cookies %q: not a valid cookie name", name)
-		}
-	}
-	if h.TokenPrefix != "" {
-		if err := tokenstore.ValidatePrefix(h.TokenPrefix); err != nil {
-			return fmt.Errorf("token_prefix %v", err)
-		}
-	}
-	if h.MaxLifetime < 0 {
-		return fmt.Errorf("max_lifetime %s: must not be negative", time.Duration(h.MaxLifetime))
-	}
-	if h.CacheTTL < 0 {
-		return fmt.Errorf("cache_ttl %s: must not be negative", time.Duration(h.CacheTTL))
-	}
-	return h.Lockout.Validate()
+	return fmt.Errorf("anonymous %q: must be 'deny' or 'allow'", mode)
 }
 
 // cookieNamePattern is RFC 6265's token: no separators, spaces or controls.
 var cookieNamePattern = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+func checkSessionCookies(names []string) error {
+	for _, name := range names {
+		if !cookieNamePattern.MatchString(name) {
+			return fmt.Errorf("session_cookies %q: not a valid cookie name", name)
+		}
+	}
+	return nil
+}
+
+func checkTokenPrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	if err := tokenstore.ValidatePrefix(prefix); err != nil {
+		return fmt.Errorf("token_prefix %v", err)
+	}
+	return nil
+}
+
+func checkNotNegative(option string, d caddy.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("%s %s: must not be negative", option, time.Duration(d))
+	}
+	return nil
+}
 
 // Cleanup gives back the store and the realm's lockout state; the last
 // config using them closes them.
