@@ -44,6 +44,20 @@ apt_install() {
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
 }
 
+# cleanup runs on exit, however the script ends: it removes the Caddy binary's
+# directory and stops the PostgreSQL cluster that this script started.
+bin_dir=""
+pg_dir=""
+cleanup() {
+	if [ -n "$pg_dir" ]; then
+		./scripts/pg-test-cluster.sh stop "$pg_dir" || true
+	fi
+	if [ -n "$bin_dir" ]; then
+		rm -rf "$bin_dir"
+	fi
+}
+trap cleanup EXIT
+
 section "Tools"
 if ! command -v go >/dev/null 2>&1; then
 	echo "scripts/test.sh: go is not on PATH; install Go (see go.mod for the version)" >&2
@@ -60,10 +74,26 @@ if ! command -v "$(go env CC)" >/dev/null 2>&1; then
 	apt_install gcc libc6-dev
 fi
 
-# ---------------------------------------------------------------------------
-# LATER: install and start PostgreSQL here, for the PostgreSQL store's tests
-# (SPEC §1, §8), and export the DSN they read. Not done yet: nothing uses it.
-# ---------------------------------------------------------------------------
+# The PostgreSQL store's tests (internal/testdb) read APITOKEN_TEST_PG_DSN and
+# fail, never skip, without it. A developer who exported one keeps it; else
+# scripts/pg-test-cluster.sh installs Debian's postgresql when it is missing
+# and starts a throwaway cluster on 127.0.0.1, which cleanup stops.
+if [ -n "${APITOKEN_TEST_PG_DSN:-}" ]; then
+	section "PostgreSQL: using APITOKEN_TEST_PG_DSN from the environment"
+else
+	section "PostgreSQL: starting a throwaway cluster (scripts/pg-test-cluster.sh)"
+	pg_out=$(./scripts/pg-test-cluster.sh)
+	pg_dir=$(sed -n 's/^PG_DIR=//p' <<<"$pg_out")
+	APITOKEN_TEST_PG_DSN=$(sed -n 's/^PG_DSN=//p' <<<"$pg_out")
+	if [ -z "$pg_dir" ] || [ -z "$APITOKEN_TEST_PG_DSN" ]; then
+		echo "scripts/test.sh: scripts/pg-test-cluster.sh printed no PG_DIR/PG_DSN:" >&2
+		echo "$pg_out" >&2
+		exit 1
+	fi
+	export APITOKEN_TEST_PG_DSN
+fi
+# The password stays out of the log.
+sed 's#://\([^:/@]*\):[^@]*@#://\1:***@#' <<<"APITOKEN_TEST_PG_DSN=$APITOKEN_TEST_PG_DSN"
 
 # The browser test of the unlock page (caddyauth/browser_test.go, SPEC §7)
 # drives Debian's headless chromium with chromedp; it fails without one.
@@ -94,8 +124,7 @@ section "go vet ./... (internal/xcaddybuild)"
 go -C internal/xcaddybuild vet ./...
 
 section "Building Caddy with the plugin (scripts/build-caddy.sh)"
-bin_dir=$(mktemp -d)
-trap 'rm -rf "$bin_dir"' EXIT
+bin_dir=$(mktemp -d) # removed by cleanup
 ./scripts/build-caddy.sh "$bin_dir/caddy"
 export CADDY_BINARY=$bin_dir/caddy
 "$CADDY_BINARY" version
