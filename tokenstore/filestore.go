@@ -379,6 +379,11 @@ func (s *FileStore) RecordUse(id string, at time.Time, ip netip.Addr) {
 		u = &pendingUse{ips: make([]netip.Addr, 0, MaxLastIPs)}
 		s.pending[id] = u
 	}
+	u.add(at, ip)
+}
+
+// add notes one use at at from ip (which may be the zero Addr: unknown).
+func (u *pendingUse) add(at time.Time, ip netip.Addr) {
 	if at.After(u.at) {
 		u.at = at
 	}

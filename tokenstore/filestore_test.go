@@ -1113,8 +1113,13 @@ func TestConfig(t *testing.T) {
 		{"file:", Config{}, "want file:<path>"},
 		{"tokens.json", Config{}, "want file:<path>"},
 		{"", Config{}, "want file:<path>"},
-		{"sqlite:/x.db", Config{}, `unknown type "sqlite"`},
+		{"mysql:/x.db", Config{}, `unknown type "mysql"`},
 		{":/x", Config{}, "type is required"},
+		{"sqlite:/var/lib/caddy/tokens.db", Config{Type: TypeSQLite, Path: "/var/lib/caddy/tokens.db"}, ""},
+		{"sqlite:", Config{}, "want file:<path>, sqlite:<path> or postgres:<dsn>"},
+		{"postgres:postgres://caddy@db.example:5432/caddy", Config{Type: TypePostgres, DSN: "postgres://caddy@db.example:5432/caddy"}, ""},
+		{"postgres:host=db.example user=caddy", Config{Type: TypePostgres, DSN: "host=db.example user=caddy"}, ""},
+		{"postgres:", Config{}, "want file:<path>, sqlite:<path> or postgres:<dsn>"},
 	}
 	for _, tt := range tests {
 		got, err := ParseSpec(tt.spec)
@@ -1134,7 +1139,7 @@ func TestConfig(t *testing.T) {
 	if err := (Config{Type: TypeFile}).Validate(); err == nil || !strings.Contains(err.Error(), "path is required") {
 		t.Errorf("Validate without a path: %v", err)
 	}
-	if _, err := Open(Config{Type: "postgres", Path: "x"}, nil); err == nil {
+	if _, err := Open(Config{Type: "mysql", Path: "x"}, nil); err == nil {
 		t.Error("Open of an unknown type succeeded")
 	}
 	s, err := Open(Config{Type: TypeFile, Path: filepath.Join(t.TempDir(), "tokens.json")}, nil)

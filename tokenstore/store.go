@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -29,7 +30,7 @@ var ErrUnavailable = errors.New("token store unavailable")
 // methods are on every request's path: implementations answer them from
 // memory whenever they can.
 type Store interface {
-	// Kind names the implementation ("file").
+	// Kind names the implementation ("file", "sqlite", "postgres").
 	Kind() string
 
 	// LookupToken returns the token whose secret has digest d, or
@@ -98,55 +99,132 @@ type Store interface {
 }
 
 // Config says which store a realm uses. In a Caddyfile it is written
-// `store file <path>`; placeholders such as {env.TOKENS_FILE} are expanded
-// when the handler is provisioned.
+// `store file <path>`, `store sqlite <path>` or `store postgres <dsn>`;
+// placeholders such as {env.TOKENS_FILE} or {env.PG_DSN} are expanded when
+// the handler is provisioned.
 type Config struct {
-	// Type of store. Only "file" for now: a JSON file of users and tokens.
+	// Type of store: "file" (a JSON file of users and tokens, the
+	// default), "sqlite" (an embedded SQLite database) or "postgres" (a
+	// PostgreSQL database that several Caddy servers can share).
 	Type string `json:"type"`
 
-	// Path of the store file. Relative paths are relative to Caddy's
-	// working directory.
+	// Path of the store file or SQLite database (type file or sqlite).
+	// Relative paths are relative to Caddy's working directory.
 	Path string `json:"path,omitempty"`
+
+	// DSN of the PostgreSQL database (type postgres), as a URL
+	// (postgres://user:password@host:5432/db?sslmode=verify-full) or in
+	// key=value form. Keep the password out of the config with a
+	// placeholder such as {env.PG_DSN}.
+	DSN string `json:"dsn,omitempty"`
+
+	// Realm whose tokens the store holds. SQL databases keep many realms
+	// side by side, every row keyed by its realm; a file holds one realm.
+	// Set by the handler from its own realm, never from JSON; empty
+	// means "default".
+	Realm string `json:"-"`
 }
 
 // Store types.
 const (
-	TypeFile = "file"
+	TypeFile     = "file"
+	TypeSQLite   = "sqlite"
+	TypePostgres = "postgres"
 )
 
-// ParseSpec reads the CLI's `--store` form, `file:<path>`.
+// defaultRealm is the realm of a Config that names none (the handler's
+// default realm).
+const defaultRealm = "default"
+
+// realm returns the realm the config's SQL store keys its rows by.
+func (c Config) realm() string {
+	if c.Realm == "" {
+		return defaultRealm
+	}
+	return c.Realm
+}
+
+// ParseSpec reads the CLI's `--store` form: `file:<path>`,
+// `sqlite:<path>` or `postgres:<dsn>`. A PostgreSQL URL
+// (postgres://… or postgresql://…) is accepted on its own as well.
 func ParseSpec(spec string) (Config, error) {
+	if strings.HasPrefix(spec, "postgres://") || strings.HasPrefix(spec, "postgresql://") {
+		cfg := Config{Type: TypePostgres, DSN: spec}
+		return cfg, cfg.Validate()
+	}
 	typ, rest, ok := strings.Cut(spec, ":")
 	if !ok || rest == "" {
-		return Config{}, fmt.Errorf("store %q: want file:<path>", spec)
+		return Config{}, fmt.Errorf("store %q: want file:<path>, sqlite:<path> or postgres:<dsn>", redactSpec(spec))
 	}
 	cfg := Config{Type: typ, Path: rest}
+	if typ == TypePostgres {
+		cfg = Config{Type: typ, DSN: rest}
+	}
 	return cfg, cfg.Validate()
 }
 
-// Validate checks the configuration without touching the store.
+// redactSpec hides a password that a malformed spec may hold.
+func redactSpec(spec string) string {
+	if strings.Contains(spec, "@") || strings.Contains(spec, "password") {
+		return redactDSN(spec)
+	}
+	return spec
+}
+
+// Validate checks the configuration without touching the store. It runs
+// before placeholders are expanded, so it checks only what is there.
 func (c Config) Validate() error {
 	switch c.Type {
-	case TypeFile:
+	case TypeFile, TypeSQLite:
 		if c.Path == "" {
-			return fmt.Errorf("store file: path is required")
+			return fmt.Errorf("store %s: path is required", c.Type)
+		}
+		if c.DSN != "" {
+			return fmt.Errorf("store %s %s: dsn is only for postgres", c.Type, c.Path)
+		}
+		return nil
+	case TypePostgres:
+		if c.DSN == "" {
+			return fmt.Errorf("store postgres: dsn is required")
+		}
+		if c.Path != "" {
+			return fmt.Errorf("store postgres %s: path %q is only for file and sqlite", redactDSN(c.DSN), c.Path)
 		}
 		return nil
 	case "":
-		return fmt.Errorf("store: type is required (file)")
+		return fmt.Errorf("store: type is required (file, sqlite or postgres)")
 	}
-	return fmt.Errorf("store: unknown type %q (want file)", c.Type)
+	return fmt.Errorf("store: unknown type %q (want file, sqlite or postgres)", c.Type)
 }
 
 // Expand replaces known placeholders ({env.*}, {file.*}, …) in the config.
 func (c Config) Expand(repl *caddy.Replacer) Config {
 	c.Path = repl.ReplaceKnown(c.Path, "")
+	c.DSN = repl.ReplaceKnown(c.DSN, "")
 	return c
 }
 
-// String identifies the store for logs and error messages.
+// String identifies the store for logs and error messages. A PostgreSQL
+// DSN is shown with its password hidden.
 func (c Config) String() string {
+	if c.Type == TypePostgres {
+		return c.Type + ":" + redactDSN(c.DSN)
+	}
 	return c.Type + ":" + c.Path
+}
+
+// dsnPassword matches a password given as a key=value pair or a URL query
+// parameter.
+var dsnPassword = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)`)
+
+// dsnUserinfo matches the password of a URL's user information.
+var dsnUserinfo = regexp.MustCompile(`(?i)^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@]*@`)
+
+// redactDSN returns dsn with its password hidden, for logs and messages.
+// It works on text, so that a DSN too malformed to parse is hidden too.
+func redactDSN(dsn string) string {
+	dsn = dsnUserinfo.ReplaceAllString(dsn, "${1}xxxxx@")
+	return dsnPassword.ReplaceAllString(dsn, "${1}xxxxx")
 }
 
 // Open opens the store described by c. Each open store watches its
@@ -158,6 +236,10 @@ func Open(c Config, logger *zap.Logger) (Store, error) {
 	switch c.Type {
 	case TypeFile:
 		return OpenFile(c.Path, logger)
+	case TypeSQLite:
+		return OpenSQLite(c.Path, c.realm(), logger)
+	case TypePostgres:
+		return OpenPostgres(c.DSN, c.realm(), logger)
 	}
 	return nil, fmt.Errorf("store: unknown type %q", c.Type)
 }
@@ -165,7 +247,8 @@ func Open(c Config, logger *zap.Logger) (Store, error) {
 // stores holds the open stores of every loaded config, keyed by what they
 // open, so that a `caddy reload` keeps the loaded tokens, pending last-use
 // records and file watchers, and so that realms sharing a file share one
-// store.
+// store. SQL stores are keyed by realm too: each realm's store reads and
+// writes only its own rows.
 var stores = caddy.NewUsagePool()
 
 type pooledStore struct{ Store }
@@ -217,9 +300,16 @@ func poolKey(c Config) (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
 	}
+	switch c.Type {
+	case TypePostgres:
+		return c.Type + ":" + c.DSN + "#realm=" + c.realm(), nil
+	}
 	abs, err := filepath.Abs(c.Path)
 	if err != nil {
 		return "", fmt.Errorf("store %s: %v", c, err)
+	}
+	if c.Type == TypeSQLite {
+		return c.Type + ":" + abs + "#realm=" + c.realm(), nil
 	}
 	return c.Type + ":" + abs, nil
 }
