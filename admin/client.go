@@ -58,6 +58,7 @@ func openOffline(spec, realm, prefix string) (*offlineStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--store: %v", err)
 	}
+	cfg.Realm = realm // SQL stores keep many realms in one database
 	if err := tokenstore.ValidatePrefix(prefix); err != nil {
 		return nil, fmt.Errorf("--prefix %v", err)
 	}

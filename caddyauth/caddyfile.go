@@ -27,7 +27,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 //	api_token_auth [<matcher>] {
 //	    realm             <name>
-//	    store             file <path>
+//	    store             file <path> | sqlite <path> | postgres <dsn>
 //	    test_endpoint     <path> | off
 //	    allow_groups      <group...>
 //	    allow_ips         <cidr...>
@@ -71,9 +71,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "store":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
-				return d.Errf("store: want 'store file <path>'")
+				return d.Errf("store: want 'store file <path>', 'store sqlite <path>' or 'store postgres <dsn>'")
 			}
 			h.Store = tokenstore.Config{Type: args[0], Path: args[1]}
+			if args[0] == tokenstore.TypePostgres {
+				h.Store = tokenstore.Config{Type: args[0], DSN: args[1]}
+			}
 			if err := h.Store.Validate(); err != nil {
 				return d.Errf("%v", err)
 			}

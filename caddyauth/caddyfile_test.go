@@ -73,7 +73,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		want  []string
 	}{
 		{"store file t.json\nrealm \"a b\"", []string{"realm", `"a b"`}},
-		{"store sqlite t.db", []string{"store", `"sqlite"`}},
+		{"store mysql t.db", []string{"store", `"mysql"`}},
+		{"store postgres", []string{"store file <path>"}},
 		{"store file", []string{"store file <path>"}},
 		{"realm x", []string{"store is required"}},
 		{"store file t.json\ntest_endpoint whoami", []string{"test_endpoint", `"whoami"`}},

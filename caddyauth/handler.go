@@ -62,7 +62,9 @@ type Handler struct {
 	// '_' and '-'. Default: "default".
 	Realm string `json:"realm,omitempty"`
 
-	// Where tokens and users are kept. Required.
+	// Where tokens and users are kept: {"type": "file", "path": …},
+	// {"type": "sqlite", "path": …} or {"type": "postgres", "dsn": …}.
+	// Placeholders such as {env.PG_DSN} are expanded at start. Required.
 	Store tokenstore.Config `json:"store"`
 
 	// The path of the test endpoint, which tells a client whether its
@@ -178,6 +180,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.storeConfig = h.Store.Expand(caddy.NewReplacer())
+	// SQL stores keep many realms in one database; the realm picks the rows.
+	h.storeConfig.Realm = h.Realm
 	store, err := tokenstore.Acquire(h.storeConfig, h.logger.Named("store"))
 	if err != nil {
 		return fmt.Errorf("store %s: %v", h.storeConfig, err)

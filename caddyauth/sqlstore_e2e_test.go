@@ -1,0 +1,81 @@
+package caddyauth
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddy-apitoken/caddy-apitoken/internal/testdb"
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
+)
+
+// TestSQLStoresEndToEnd runs the handler on the SQLite and PostgreSQL
+// stores in the in-process Caddy. Tokens are made and revoked through a
+// second connection to the same database, as another server or the CLI
+// would; this step has no cache, so the handler sees changes at once.
+func TestSQLStoresEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	stores := []struct {
+		name, directive string
+		open            func(realm string) (tokenstore.Store, error)
+	}{
+		{"sqlite", "sqlite " + filepath.Join(dir, "tokens.db"), func(realm string) (tokenstore.Store, error) {
+			return tokenstore.OpenSQLite(filepath.Join(dir, "tokens.db"), realm, nil)
+		}},
+		{"postgres", "postgres " + testdb.FreshPostgresDatabase(t), nil},
+	}
+	stores[1].open = func(realm string) (tokenstore.Store, error) {
+		return tokenstore.OpenPostgres(stores[1].directive[len("postgres "):], realm, nil)
+	}
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			realm := "sql-" + st.name
+			tester := startCaddy(t, `
+{
+	admin localhost:2999
+	http_port 9080
+	storage file_system `+filepath.Join(dir, st.name+"-storage")+`
+}
+http://localhost:9080 {
+	api_token_auth {
+		realm `+realm+`
+		store `+st.directive+`
+	}
+	respond "hello {http.auth.user.id}"
+}
+`)
+			other, err := st.open(realm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer other.Close()
+			ctx := context.Background()
+			tok, secret, err := tokenstore.NewToken(tokenstore.TokenRequest{User: "alice"}, tokenstore.DefaultPrefix, time.Now(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := other.CreateToken(ctx, tok); err != nil {
+				t.Fatal(err)
+			}
+			if resp, body := call(t, tester, "GET", "/", "Bearer "+secret, nil); resp.StatusCode != 200 || body != "hello alice" {
+				t.Fatalf("token from the database: %d %s", resp.StatusCode, body)
+			}
+			// Another realm in the same database does not see it.
+			if elsewhere, err := st.open("another"); err != nil {
+				t.Fatal(err)
+			} else {
+				if _, err := elsewhere.GetToken(ctx, tok.ID); err == nil {
+					t.Error("realm another sees realm " + realm + "'s token")
+				}
+				elsewhere.Close()
+			}
+			if _, err := other.RevokeToken(ctx, tok.ID, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			if resp, _ := call(t, tester, "GET", "/", "Bearer "+secret, nil); resp.StatusCode != 401 {
+				t.Errorf("revoked token: %d, want 401", resp.StatusCode)
+			}
+		})
+	}
+}
