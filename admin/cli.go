@@ -64,7 +64,7 @@ Run 'caddy api-token <command> --help' for a command's flags.
 // addSubcommands builds `caddy api-token` under cmd.
 func addSubcommands(cmd *cobra.Command) {
 	cmd.AddCommand(createCommand(), listCommand(), revokeCommand(), rotateCommand(),
-		unlockCommand(), userCommand(), hashCommand())
+		unlockCommand(), userCommand(), hashCommand(), migrateCommand())
 }
 
 // runE adapts a command to Caddy's way of ending one, as `caddy reload`
