@@ -28,7 +28,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "api-token",
-		Usage: "<create|list|revoke|rotate|unlock|user|hash> [flags]",
+		Usage: "<create|list|revoke|rotate|unlock|user|hash|migrate> [flags]",
 		Short: "Manages API tokens of the api_token_auth handler",
 		Long: `
 Manages the personal API tokens, users and lockouts of the api_token_auth
@@ -41,6 +41,7 @@ handler.
   unlock   clears a user's CAPTCHA challenges or an IP address's ban
   user     shows or sets a user's groups and disabled flag
   hash     reads a token on standard input and prints the form stores keep
+  migrate  copies users, tokens and settings from one store to another
 
 By default the commands talk to the running server's admin API, like
 'caddy reload' and 'caddy stop' do: --address, or the admin address of the
@@ -48,8 +49,8 @@ config named by --config, or localhost:2019 (CADDY_ADMIN overrides it).
 --realm picks the api_token_auth realm (default: default). Changes made
 through the admin API take effect on the server at once.
 
-With --store file:<path> they work on a store directly, with no server
-running. A server watching that store sees the change within 2 seconds.
+With --store file:<path>, sqlite:<path> or postgres:<dsn> they work on a
+store directly, with no server running.
 
 Secrets, tables and --json output go to standard output; descriptions of
 what was done go to standard error. On failure a command exits with
