@@ -182,6 +182,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.storeConfig = h.Store.Expand(caddy.NewReplacer())
 	// SQL stores keep many realms in one database; the realm picks the rows.
 	h.storeConfig.Realm = h.Realm
+	// SQL stores cache look-ups for cache_ttl (the file store ignores it).
+	h.storeConfig.CacheTTL = time.Duration(h.CacheTTL)
 	store, err := tokenstore.Acquire(h.storeConfig, h.logger.Named("store"))
 	if err != nil {
 		return fmt.Errorf("store %s: %v", h.storeConfig, err)

@@ -67,6 +67,32 @@ var backends = []backend{
 			return s
 		}
 	}},
+	// The SQL stores again, with the look-up cache the handler gives them:
+	// a cache must not change any answer.
+	{"sqlite-cached", true, func(t *testing.T) opener {
+		path := filepath.Join(t.TempDir(), "tokens.db")
+		return func(t *testing.T, realm string) Store {
+			t.Helper()
+			s, err := openSQLiteWith(path, realm, nil, sqlOptions{flushEvery: noAutoFlush, cacheTTL: time.Hour})
+			if err != nil {
+				t.Fatalf("opening %s: %v", path, err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+	}},
+	{"postgres-cached", true, func(t *testing.T) opener {
+		dsn := testdb.FreshPostgresDatabase(t)
+		return func(t *testing.T, realm string) Store {
+			t.Helper()
+			s, err := openPostgresWith(dsn, realm, nil, sqlOptions{flushEvery: noAutoFlush, cacheTTL: time.Hour})
+			if err != nil {
+				t.Fatalf("opening the PostgreSQL store: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+	}},
 }
 
 // forEachBackend runs test once per backend (only those keeping many

@@ -1,6 +1,7 @@
 package tokenstore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -42,16 +44,51 @@ const sqliteTimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 // Caddy servers). Many realms can share one database; every row carries
 // its realm and a store sees only its own.
 //
-// For now every read asks the database; errors that mean it could not be
-// asked wrap ErrUnavailable. Management writes are committed before they
-// return. Last-use records are gathered in memory and written in one
-// transaction every few seconds, and on Close.
+// Opened with a cache TTL (Config.CacheTTL, the handler's cache_ttl),
+// the request path's reads (LookupToken, LookupUser, LookupBasic,
+// HasSlowHashes, Settings) are answered from a cache (see cache.go) and
+// trusted for at most that long. Writes through the store clear the cache
+// at once. Writes by other servers clear it too: a PostgreSQL store
+// LISTENs for the notification every write sends (see sqlwatch.go), and an
+// SQLite store polls the database's data_version every second, which
+// changes when another connection commits. Without a cache TTL every read
+// asks the database.
+//
+// Errors that mean the database could not be asked wrap ErrUnavailable.
+// Management writes are committed before they return. Last-use records
+// are gathered in memory and written in one transaction every few
+// seconds, and on Close.
 type SQLStore struct {
 	db      *sql.DB
 	dialect string // TypeSQLite or TypePostgres
 	realm   string
 	where   string // the store for messages, without a password
 	logger  *zap.Logger
+
+	// cache answers the request path's reads; nil without a cache TTL.
+	cache *lookupCache
+	// queryHook, if set (by tests), is called before each read the
+	// cache could have answered goes to the database.
+	queryHook func()
+
+	// Watching for other servers' writes (only with a cache).
+	watchCancel context.CancelFunc
+	watchDone   chan struct{} // closed when the PostgreSQL listener ends
+	pgConfig    *pgx.ConnConfig
+	listens     atomic.Int64  // PostgreSQL: LISTENs that succeeded
+	listenPID   atomic.Uint32 // PostgreSQL: the listener's backend, 0 while down
+	pollEvery   time.Duration // SQLite: how often data_version is read
+	// lastNotice is the payload of the last notification received for
+	// the store's realm.
+	lastNotice atomic.Value
+	// SQLite: the connection that reads data_version (and writes last-use
+	// records, so that they do not look like another's commit), and the
+	// last value read, both guarded by watchMu.
+	watchMu     sync.Mutex
+	watchConn   *sql.Conn
+	dataVersion int64
+
+	listenBackoff, listenBackoffMax time.Duration
 
 	// usesMu guards pending, the last-use records not yet written.
 	usesMu  sync.Mutex
@@ -66,12 +103,43 @@ type SQLStore struct {
 
 // OpenSQLite opens (creating it if need be, readable by its owner only)
 // the SQLite database at path, brings its schema up to date, and returns
-// the store of realm in it.
+// the store of realm in it. The store has no look-up cache; Open gives it
+// one when the Config has a CacheTTL.
 func OpenSQLite(path, realm string, logger *zap.Logger) (*SQLStore, error) {
 	return openSQLite(path, realm, logger, defaultFlushEvery)
 }
 
+// sqlOptions are an SQL store's tunables. flushEvery must be set; a zero
+// cacheTTL means no cache, and any other zero field its default.
+type sqlOptions struct {
+	flushEvery time.Duration
+	// cacheTTL: 0 means no cache (and no watching for other servers).
+	cacheTTL time.Duration
+	// negativeMax bounds the cached "not found" answers.
+	negativeMax int
+	// now is the cache's clock.
+	now func() time.Time
+	// pollEvery is how often an SQLite store reads data_version.
+	pollEvery time.Duration
+	// listenBackoff and listenBackoffMax are the first and the longest
+	// waits before a PostgreSQL listener reconnects.
+	listenBackoff, listenBackoffMax time.Duration
+	// queryHook is the store's queryHook.
+	queryHook func()
+}
+
+// SQL watch defaults.
+const (
+	defaultDataVersionPoll  = time.Second
+	defaultListenBackoff    = 100 * time.Millisecond
+	defaultListenBackoffMax = 30 * time.Second
+)
+
 func openSQLite(path, realm string, logger *zap.Logger, flushEvery time.Duration) (*SQLStore, error) {
+	return openSQLiteWith(path, realm, logger, sqlOptions{flushEvery: flushEvery})
+}
+
+func openSQLiteWith(path, realm string, logger *zap.Logger, opts sqlOptions) (*SQLStore, error) {
 	where := TypeSQLite + ":" + path
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -89,7 +157,7 @@ func openSQLite(path, realm string, logger *zap.Logger, flushEvery time.Duration
 	if err != nil {
 		return nil, fmt.Errorf("token store %s: %v", where, err)
 	}
-	return openSQL(db, TypeSQLite, where, realm, logger, flushEvery)
+	return openSQL(db, nil, TypeSQLite, where, realm, logger, opts)
 }
 
 // sqliteDSN is the modernc.org/sqlite data source for the database at
@@ -110,12 +178,17 @@ func sqliteDSN(abs string) string {
 }
 
 // OpenPostgres connects to the PostgreSQL database at dsn, brings its
-// schema up to date, and returns the store of realm in it.
+// schema up to date, and returns the store of realm in it. The store has
+// no look-up cache; Open gives it one when the Config has a CacheTTL.
 func OpenPostgres(dsn, realm string, logger *zap.Logger) (*SQLStore, error) {
 	return openPostgres(dsn, realm, logger, defaultFlushEvery)
 }
 
 func openPostgres(dsn, realm string, logger *zap.Logger, flushEvery time.Duration) (*SQLStore, error) {
+	return openPostgresWith(dsn, realm, logger, sqlOptions{flushEvery: flushEvery})
+}
+
+func openPostgresWith(dsn, realm string, logger *zap.Logger, opts sqlOptions) (*SQLStore, error) {
 	where := TypePostgres + ":" + redactDSN(dsn)
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -126,10 +199,10 @@ func openPostgres(dsn, realm string, logger *zap.Logger, flushEvery time.Duratio
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(4)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	return openSQL(db, TypePostgres, where, realm, logger, flushEvery)
+	return openSQL(db, cfg, TypePostgres, where, realm, logger, opts)
 }
 
-func openSQL(db *sql.DB, dialect, where, realm string, logger *zap.Logger, flushEvery time.Duration) (*SQLStore, error) {
+func openSQL(db *sql.DB, pgConfig *pgx.ConnConfig, dialect, where, realm string, logger *zap.Logger, opts sqlOptions) (*SQLStore, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -143,9 +216,15 @@ func openSQL(db *sql.DB, dialect, where, realm string, logger *zap.Logger, flush
 		where:      where,
 		logger:     logger,
 		pending:    make(map[string]*pendingUse),
-		flushEvery: flushEvery,
+		flushEvery: opts.flushEvery,
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
+		queryHook:  opts.queryHook,
+		pgConfig:   pgConfig,
+		pollEvery:  cmp.Or(opts.pollEvery, defaultDataVersionPoll),
+
+		listenBackoff:    cmp.Or(opts.listenBackoff, defaultListenBackoff),
+		listenBackoffMax: cmp.Or(opts.listenBackoffMax, defaultListenBackoffMax),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), sqlOpenTimeout)
 	defer cancel()
@@ -153,8 +232,37 @@ func openSQL(db *sql.DB, dialect, where, realm string, logger *zap.Logger, flush
 		db.Close()
 		return nil, err
 	}
+	if opts.cacheTTL > 0 {
+		s.cache = newLookupCache(opts.cacheTTL, opts.negativeMax, opts.now)
+		if err := s.startWatching(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	go s.loop()
 	return s, nil
+}
+
+// SetCacheTTL changes how long the store trusts a cached look-up (the
+// handler's cache_ttl, when a new config shares the store). A store
+// opened without a cache stays without one.
+func (s *SQLStore) SetCacheTTL(ttl time.Duration) { s.cache.setTTL(ttl) }
+
+// CacheStats returns how many of the request path's reads the cache has
+// answered (hits) and how many it has passed to the database (misses),
+// for metrics. A store without a cache has neither.
+func (s *SQLStore) CacheStats() (hits, misses int64) {
+	if s.cache == nil {
+		return 0, 0
+	}
+	return s.cache.hits.Load(), s.cache.misses.Load()
+}
+
+// hook calls the test hook before a read that the cache could answer.
+func (s *SQLStore) hook() {
+	if s.queryHook != nil {
+		s.queryHook()
+	}
 }
 
 // Kind implements Store.
@@ -355,8 +463,24 @@ func (s *SQLStore) rowError(doing string, err error) error {
 	return s.unavailable(doing, err)
 }
 
+// Cache keys of the request path's reads.
+const (
+	keyToken    = "t:"
+	keyUser     = "u:"
+	keyBasic    = "b:"
+	keySlow     = "slow"
+	keySettings = "settings"
+)
+
 // LookupToken implements Store.
 func (s *SQLStore) LookupToken(ctx context.Context, d Digest) (*Token, error) {
+	return cachedLookup(ctx, s, keyToken+string(d[:]), func(ctx context.Context) (*Token, error) {
+		return s.lookupToken(ctx, d)
+	}, func(_ *Token, err error) bool { return err != nil })
+}
+
+func (s *SQLStore) lookupToken(ctx context.Context, d Digest) (*Token, error) {
+	s.hook()
 	row := s.db.QueryRowContext(ctx, s.q(`SELECT `+tokenColumns+` FROM api_token_auth_tokens WHERE realm = ? AND digest = ?`),
 		s.realm, d[:])
 	t, err := scanToken(row)
@@ -371,6 +495,13 @@ func (s *SQLStore) LookupToken(ctx context.Context, d Digest) (*Token, error) {
 
 // LookupUser implements Store.
 func (s *SQLStore) LookupUser(ctx context.Context, name string) (*User, error) {
+	return cachedLookup(ctx, s, keyUser+name, func(ctx context.Context) (*User, error) {
+		return s.lookupUser(ctx, name)
+	}, func(u *User, _ error) bool { return u == nil })
+}
+
+func (s *SQLStore) lookupUser(ctx context.Context, name string) (*User, error) {
+	s.hook()
 	var groups string
 	var u User
 	err := s.db.QueryRowContext(ctx, s.q(`SELECT user_groups, disabled FROM api_token_auth_users WHERE realm = ? AND name = ?`),
@@ -393,6 +524,11 @@ func (s *SQLStore) LookupUser(ctx context.Context, name string) (*User, error) {
 
 // Settings implements Store.
 func (s *SQLStore) Settings(ctx context.Context) (Settings, error) {
+	return cachedLookup(ctx, s, keySettings, s.settings, func(Settings, error) bool { return false })
+}
+
+func (s *SQLStore) settings(ctx context.Context) (Settings, error) {
+	s.hook()
 	var on sql.NullBool
 	err := s.db.QueryRowContext(ctx, s.q(`SELECT test_endpoint_enabled FROM api_token_auth_settings WHERE realm = ?`),
 		s.realm).Scan(&on)
@@ -409,8 +545,17 @@ func (s *SQLStore) Settings(ctx context.Context) (Settings, error) {
 	return out, nil
 }
 
-// LookupBasic implements Store.
+// LookupBasic implements Store. Its key, the username of a Basic request,
+// is chosen by the client: an empty answer is cached as a "not found", in
+// the bounded set.
 func (s *SQLStore) LookupBasic(ctx context.Context, user string) ([]*Token, error) {
+	return cachedLookup(ctx, s, keyBasic+user, func(ctx context.Context) ([]*Token, error) {
+		return s.lookupBasic(ctx, user)
+	}, func(list []*Token, _ error) bool { return len(list) == 0 })
+}
+
+func (s *SQLStore) lookupBasic(ctx context.Context, user string) ([]*Token, error) {
+	s.hook()
 	return s.queryTokens(ctx, "looking up slow-hash tokens",
 		`SELECT `+tokenColumns+` FROM api_token_auth_tokens WHERE realm = ? AND user_name = ? AND digest IS NULL ORDER BY seq`,
 		s.realm, user)
@@ -418,6 +563,11 @@ func (s *SQLStore) LookupBasic(ctx context.Context, user string) ([]*Token, erro
 
 // HasSlowHashes implements Store.
 func (s *SQLStore) HasSlowHashes(ctx context.Context) (bool, error) {
+	return cachedLookup(ctx, s, keySlow, s.hasSlowHashes, func(bool, error) bool { return false })
+}
+
+func (s *SQLStore) hasSlowHashes(ctx context.Context) (bool, error) {
+	s.hook()
 	var one int
 	err := s.db.QueryRowContext(ctx, s.q(`SELECT 1 FROM api_token_auth_tokens WHERE realm = ? AND digest IS NULL LIMIT 1`),
 		s.realm).Scan(&one)
@@ -460,6 +610,11 @@ func (s *SQLStore) getToken(ctx context.Context, q querier, id string, lock bool
 	return t, nil
 }
 
+// beginner is *sql.DB or *sql.Conn.
+type beginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
 // querier is *sql.DB or *sql.Tx.
 type querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
@@ -477,7 +632,11 @@ func (s *SQLStore) GetToken(ctx context.Context, id string) (Token, error) {
 
 // inTx runs fn in a transaction and commits it; any error rolls it back.
 func (s *SQLStore) inTx(ctx context.Context, doing string, fn func(tx *sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	return s.inTxOn(ctx, s.db, doing, fn)
+}
+
+func (s *SQLStore) inTxOn(ctx context.Context, b beginner, doing string, fn func(tx *sql.Tx) error) error {
+	tx, err := b.BeginTx(ctx, nil)
 	if err != nil {
 		return s.unavailable(doing, err)
 	}
@@ -547,15 +706,18 @@ func (s *SQLStore) CreateToken(ctx context.Context, t Token) error {
 	if err := t.Prepare(); err != nil {
 		return invalidError{err}
 	}
-	return s.inTx(ctx, "adding token "+t.ID, func(tx *sql.Tx) error {
-		return s.insertToken(ctx, tx, &t)
+	return s.write(ctx, "adding token "+t.ID, func(tx *sql.Tx) error {
+		if err := s.insertToken(ctx, tx, &t); err != nil {
+			return err
+		}
+		return s.notify(ctx, tx, "token", t.ID)
 	})
 }
 
 // RevokeToken implements Store.
 func (s *SQLStore) RevokeToken(ctx context.Context, id string, at time.Time) (Token, error) {
 	var out Token
-	err := s.inTx(ctx, "revoking token "+id, func(tx *sql.Tx) error {
+	err := s.write(ctx, "revoking token "+id, func(tx *sql.Tx) error {
 		t, err := s.getToken(ctx, tx, id, true)
 		if err != nil {
 			return err
@@ -565,6 +727,9 @@ func (s *SQLStore) RevokeToken(ctx context.Context, id string, at time.Time) (To
 				s.timeArg(t.Revoked), s.realm, id)
 			if err != nil {
 				return s.unavailable("revoking token "+id, err)
+			}
+			if err := s.notify(ctx, tx, "token", id); err != nil {
+				return err
 			}
 		}
 		out = *t
@@ -581,15 +746,24 @@ func (s *SQLStore) RevokeToken(ctx context.Context, id string, at time.Time) (To
 // time and are not counted; a revocation scheduled later is brought
 // forward and counted.
 func (s *SQLStore) RevokeUserTokens(ctx context.Context, user string, at time.Time) (int, error) {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE api_token_auth_tokens SET revoked = ?
-		WHERE realm = ? AND user_name = ? AND (revoked IS NULL OR revoked > ?)`),
-		s.timeValue(at), s.realm, user, s.timeValue(at))
+	var n int64
+	err := s.write(ctx, "revoking the tokens of "+user, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.q(`UPDATE api_token_auth_tokens SET revoked = ?
+			WHERE realm = ? AND user_name = ? AND (revoked IS NULL OR revoked > ?)`),
+			s.timeValue(at), s.realm, user, s.timeValue(at))
+		if err != nil {
+			return s.unavailable("revoking the tokens of "+user, err)
+		}
+		if n, err = res.RowsAffected(); err != nil {
+			return s.unavailable("revoking the tokens of "+user, err)
+		}
+		if n == 0 {
+			return nil
+		}
+		return s.notify(ctx, tx, "user_tokens", user)
+	})
 	if err != nil {
-		return 0, s.unavailable("revoking the tokens of "+user, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, s.unavailable("revoking the tokens of "+user, err)
+		return 0, err
 	}
 	return int(n), nil
 }
@@ -602,7 +776,7 @@ func (s *SQLStore) RotateToken(ctx context.Context, id string, next Token, oldEx
 		return Token{}, invalidError{err}
 	}
 	var out Token
-	err := s.inTx(ctx, "rotating token "+id, func(tx *sql.Tx) error {
+	err := s.write(ctx, "rotating token "+id, func(tx *sql.Tx) error {
 		old, err := s.getToken(ctx, tx, id, true)
 		if err != nil {
 			return err
@@ -618,6 +792,9 @@ func (s *SQLStore) RotateToken(ctx context.Context, id string, next Token, oldEx
 			if err != nil {
 				return s.unavailable("rotating token "+id, err)
 			}
+		}
+		if err := s.notify(ctx, tx, "token", id); err != nil {
+			return err
 		}
 		out = *old
 		return nil
@@ -664,13 +841,15 @@ func (s *SQLStore) PutUser(ctx context.Context, name string, u User) error {
 	if err := ValidateUser(name, u); err != nil {
 		return err
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_token_auth_users (realm, name, user_groups, disabled) VALUES (?, ?, ?, ?)
-		ON CONFLICT (realm, name) DO UPDATE SET user_groups = excluded.user_groups, disabled = excluded.disabled`),
-		s.realm, name, jsonColumn(u.Groups, "[]"), u.Disabled)
-	if err != nil {
-		return s.unavailable("storing user "+name, err)
-	}
-	return nil
+	return s.write(ctx, "storing user "+name, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO api_token_auth_users (realm, name, user_groups, disabled) VALUES (?, ?, ?, ?)
+			ON CONFLICT (realm, name) DO UPDATE SET user_groups = excluded.user_groups, disabled = excluded.disabled`),
+			s.realm, name, jsonColumn(u.Groups, "[]"), u.Disabled)
+		if err != nil {
+			return s.unavailable("storing user "+name, err)
+		}
+		return s.notify(ctx, tx, "user", name)
+	})
 }
 
 // PutSettings implements Store.
@@ -679,13 +858,15 @@ func (s *SQLStore) PutSettings(ctx context.Context, settings Settings) error {
 	if settings.TestEndpointEnabled != nil {
 		on = *settings.TestEndpointEnabled
 	}
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_token_auth_settings (realm, test_endpoint_enabled) VALUES (?, ?)
-		ON CONFLICT (realm) DO UPDATE SET test_endpoint_enabled = excluded.test_endpoint_enabled`),
-		s.realm, on)
-	if err != nil {
-		return s.unavailable("storing the settings", err)
-	}
-	return nil
+	return s.write(ctx, "storing the settings", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO api_token_auth_settings (realm, test_endpoint_enabled) VALUES (?, ?)
+			ON CONFLICT (realm) DO UPDATE SET test_endpoint_enabled = excluded.test_endpoint_enabled`),
+			s.realm, on)
+		if err != nil {
+			return s.unavailable("storing the settings", err)
+		}
+		return s.notify(ctx, tx, "settings", "")
+	})
 }
 
 // RecordUse implements Store. It only updates an in-memory record; the
@@ -705,10 +886,18 @@ func (s *SQLStore) loop() {
 	defer close(s.done)
 	flush := time.NewTicker(s.flushEvery)
 	defer flush.Stop()
+	var poll <-chan time.Time
+	if s.cache != nil && s.dialect == TypeSQLite {
+		ticker := time.NewTicker(s.pollEvery)
+		defer ticker.Stop()
+		poll = ticker.C
+	}
 	for {
 		select {
 		case <-s.stop:
 			return
+		case <-poll:
+			s.pollDataVersion()
 		case <-flush.C:
 			if err := s.flushUses(); err != nil {
 				s.logger.Error("writing token last-use records; will retry", zap.String("store", s.where), zap.Error(err))
@@ -731,7 +920,16 @@ func (s *SQLStore) flushUses() error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), sqlOpenTimeout)
 	defer cancel()
-	err := s.inTx(ctx, "writing last-use records", func(tx *sql.Tx) error {
+	// On SQLite, on the connection that watches data_version, whose own
+	// commits do not change it: last-use records are no change to what
+	// the cache holds.
+	var on beginner = s.db
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	if s.watchConn != nil {
+		on = s.watchConn
+	}
+	err := s.inTxOn(ctx, on, "writing last-use records", func(tx *sql.Tx) error {
 		for id, u := range uses {
 			var lastUsed nullTime
 			var lastIPs string
@@ -775,10 +973,17 @@ func (s *SQLStore) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
+		s.stopWatching()
 		flushErr := s.flushUses()
 		if flushErr != nil {
 			s.logger.Error("writing token last-use records at close; they are lost", zap.String("store", s.where), zap.Error(flushErr))
 		}
+		s.watchMu.Lock()
+		if s.watchConn != nil {
+			_ = s.watchConn.Close()
+			s.watchConn = nil
+		}
+		s.watchMu.Unlock()
 		s.closeErr = errors.Join(flushErr, s.db.Close())
 	})
 	return s.closeErr

@@ -123,6 +123,12 @@ type Config struct {
 	// Set by the handler from its own realm, never from JSON; empty
 	// means "default".
 	Realm string `json:"-"`
+
+	// CacheTTL is how long an SQL store may trust a cached look-up (the
+	// handler's cache_ttl); 0 means it caches nothing and asks the
+	// database every time (the CLI's case). Set by the handler, never
+	// from JSON. The file store always answers from memory and ignores it.
+	CacheTTL time.Duration `json:"-"`
 }
 
 // Store types.
@@ -237,9 +243,9 @@ func Open(c Config, logger *zap.Logger) (Store, error) {
 	case TypeFile:
 		return OpenFile(c.Path, logger)
 	case TypeSQLite:
-		return OpenSQLite(c.Path, c.realm(), logger)
+		return openSQLiteWith(c.Path, c.realm(), logger, sqlOptions{flushEvery: defaultFlushEvery, cacheTTL: c.CacheTTL})
 	case TypePostgres:
-		return OpenPostgres(c.DSN, c.realm(), logger)
+		return openPostgresWith(c.DSN, c.realm(), logger, sqlOptions{flushEvery: defaultFlushEvery, cacheTTL: c.CacheTTL})
 	}
 	return nil, fmt.Errorf("store: unknown type %q", c.Type)
 }
@@ -248,7 +254,9 @@ func Open(c Config, logger *zap.Logger) (Store, error) {
 // open, so that a `caddy reload` keeps the loaded tokens, pending last-use
 // records and file watchers, and so that realms sharing a file share one
 // store. SQL stores are keyed by realm too: each realm's store reads and
-// writes only its own rows.
+// writes only its own rows. The cache TTL is not part of the key, so that a
+// reload keeps the cache warm: the config acquiring a store last sets its
+// TTL (a store first opened without a cache stays without one).
 var stores = caddy.NewUsagePool()
 
 type pooledStore struct{ Store }
@@ -273,6 +281,9 @@ func Acquire(c Config, logger *zap.Logger) (Store, error) {
 		return nil, err
 	}
 	s := v.(pooledStore).Store
+	if sq, ok := s.(*SQLStore); ok && loaded {
+		sq.SetCacheTTL(c.CacheTTL)
+	}
 	// A store already open (the running config's) keeps serving its last
 	// good contents when its file goes bad; a new config must still be
 	// refused then, as it would be by a fresh open, so that `caddy reload`
