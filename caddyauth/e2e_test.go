@@ -70,7 +70,11 @@ http://localhost:9080 {
 // call makes one request and returns the response and its body.
 func call(t *testing.T, tester *caddytest.Tester, method, path, authz string, header map[string]string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, e2eBase+path, nil)
+	url := path
+	if !strings.HasPrefix(url, "http") {
+		url = e2eBase + path
+	}
+	req, err := http.NewRequest(method, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,7 +37,13 @@ var (
 		"CAPTCHA challenges in force, by realm.", []string{"realm"}, nil)
 	bansDesc = prometheus.NewDesc("caddy_api_token_auth_active_bans",
 		"Client IP addresses banned for failures, by realm.", []string{"realm"}, nil)
+	storeCacheDesc = prometheus.NewDesc("caddy_api_token_auth_store_cache_lookups_total",
+		"Look-ups answered by a SQL store's cache (hit) or its database (miss), by realm.",
+		[]string{"realm", "result"}, nil)
 )
+
+// cacheStats is what a store with a look-up cache (the SQL stores) reports.
+type cacheStats interface{ CacheStats() (hits, misses int64) }
 
 // lockoutCollector reports the live realms' challenges and bans when
 // scraped, so that no request path keeps a gauge up to date.
@@ -46,13 +52,21 @@ type lockoutCollector struct{}
 func (lockoutCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- challengesDesc
 	ch <- bansDesc
+	ch <- storeCacheDesc
 }
 
+// Collect also reports the SQL stores' cache counters, which the stores
+// keep themselves (they count on the request path with atomics).
 func (lockoutCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, realm := range Realms() {
 		challenges, bans := realm.Lockout.Active()
 		ch <- prometheus.MustNewConstMetric(challengesDesc, prometheus.GaugeValue, float64(challenges), realm.Name)
 		ch <- prometheus.MustNewConstMetric(bansDesc, prometheus.GaugeValue, float64(bans), realm.Name)
+		if cs, ok := realm.Store.(cacheStats); ok {
+			hits, misses := cs.CacheStats()
+			ch <- prometheus.MustNewConstMetric(storeCacheDesc, prometheus.CounterValue, float64(hits), realm.Name, "hit")
+			ch <- prometheus.MustNewConstMetric(storeCacheDesc, prometheus.CounterValue, float64(misses), realm.Name, "miss")
+		}
 	}
 }
 

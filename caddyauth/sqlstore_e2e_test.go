@@ -3,6 +3,7 @@ package caddyauth
 import (
 	"context"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -61,6 +62,13 @@ http://localhost:9080 {
 			}
 			if resp, body := call(t, tester, "GET", "/", "Bearer "+secret, nil); resp.StatusCode != 200 || body != "hello alice" {
 				t.Fatalf("token from the database: %d %s", resp.StatusCode, body)
+			}
+			// The second use is answered by the cache, and /metrics says so.
+			call(t, tester, "GET", "/", "Bearer "+secret, nil)
+			_, metrics := call(t, tester, "GET", "http://localhost:2999/metrics", "", nil)
+			hit := regexp.MustCompile(`caddy_api_token_auth_store_cache_lookups_total\{realm="` + realm + `",result="hit"\} ([1-9][0-9]*)`)
+			if !hit.MatchString(metrics) {
+				t.Errorf("/metrics shows no cache hit for realm %s", realm)
 			}
 			// Another realm in the same database does not see it.
 			if elsewhere, err := st.open("another"); err != nil {
