@@ -89,9 +89,9 @@ type FileStore struct {
 	// count writes. Called with writeMu held.
 	writeFile func(path string, data []byte) error
 
-	// usesMu guards pending, the last-use records not yet written.
-	usesMu  sync.Mutex
-	pending map[string]*pendingUse
+	// useBatch gathers last-use records between writes; it provides
+	// RecordUse.
+	useBatch
 
 	pollEvery, flushEvery time.Duration
 	stop                  chan struct{}
@@ -119,7 +119,6 @@ func openFile(path string, logger *zap.Logger, pollEvery, flushEvery time.Durati
 	s := &FileStore{
 		path:       path,
 		logger:     logger,
-		pending:    make(map[string]*pendingUse),
 		writeFile:  writeFileAtomic,
 		pollEvery:  pollEvery,
 		flushEvery: flushEvery,
@@ -369,19 +368,6 @@ func (s *FileStore) PutSettings(ctx context.Context, settings Settings) error {
 	return err
 }
 
-// RecordUse implements Store. It only updates an in-memory record; the
-// store's loop writes them in one batch every few seconds.
-func (s *FileStore) RecordUse(id string, at time.Time, ip netip.Addr) {
-	s.usesMu.Lock()
-	defer s.usesMu.Unlock()
-	u := s.pending[id]
-	if u == nil {
-		u = &pendingUse{ips: make([]netip.Addr, 0, MaxLastIPs)}
-		s.pending[id] = u
-	}
-	u.add(at, ip)
-}
-
 // add notes one use at at from ip (which may be the zero Addr: unknown).
 func (u *pendingUse) add(at time.Time, ip netip.Addr) {
 	if at.After(u.at) {
@@ -495,15 +481,10 @@ func (s *FileStore) reloadIfChanged() {
 // flushUses writes the pending last-use records in one file write. If the
 // write fails they are kept for the next try.
 func (s *FileStore) flushUses() {
-	s.usesMu.Lock()
-	uses := s.pending
-	if len(uses) == 0 {
-		s.usesMu.Unlock()
+	uses := s.takeUses()
+	if uses == nil {
 		return
 	}
-	s.pending = make(map[string]*pendingUse, len(uses))
-	s.usesMu.Unlock()
-
 	_, err := s.update(func(doc *fileDocument) error {
 		for _, t := range doc.Tokens {
 			if u, ok := uses[t.ID]; ok {
@@ -516,14 +497,7 @@ func (s *FileStore) flushUses() {
 		return
 	}
 	s.logger.Error("writing token last-use records; will retry", zap.String("file", s.path), zap.Error(err))
-	s.usesMu.Lock()
-	defer s.usesMu.Unlock()
-	for id, older := range uses {
-		if newer, ok := s.pending[id]; ok {
-			older.merge(newer)
-		}
-		s.pending[id] = older
-	}
+	s.restoreUses(uses)
 }
 
 // applyTo records u in t: the newest use time, and the client IPs newest

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -90,9 +89,9 @@ type SQLStore struct {
 
 	listenBackoff, listenBackoffMax time.Duration
 
-	// usesMu guards pending, the last-use records not yet written.
-	usesMu  sync.Mutex
-	pending map[string]*pendingUse
+	// useBatch gathers last-use records between writes; it provides
+	// RecordUse.
+	useBatch
 
 	flushEvery time.Duration
 	stop       chan struct{}
@@ -215,7 +214,6 @@ func openSQL(db *sql.DB, pgConfig *pgx.ConnConfig, dialect, where, realm string,
 		realm:      realm,
 		where:      where,
 		logger:     logger,
-		pending:    make(map[string]*pendingUse),
 		flushEvery: opts.flushEvery,
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
@@ -869,19 +867,6 @@ func (s *SQLStore) PutSettings(ctx context.Context, settings Settings) error {
 	})
 }
 
-// RecordUse implements Store. It only updates an in-memory record; the
-// store's loop writes them in one transaction every few seconds.
-func (s *SQLStore) RecordUse(id string, at time.Time, ip netip.Addr) {
-	s.usesMu.Lock()
-	defer s.usesMu.Unlock()
-	u := s.pending[id]
-	if u == nil {
-		u = &pendingUse{ips: make([]netip.Addr, 0, MaxLastIPs)}
-		s.pending[id] = u
-	}
-	u.add(at, ip)
-}
-
 func (s *SQLStore) loop() {
 	defer close(s.done)
 	flush := time.NewTicker(s.flushEvery)
@@ -909,14 +894,10 @@ func (s *SQLStore) loop() {
 // flushUses writes the pending last-use records in one transaction. If
 // that fails they are kept for the next try.
 func (s *SQLStore) flushUses() error {
-	s.usesMu.Lock()
-	uses := s.pending
-	if len(uses) == 0 {
-		s.usesMu.Unlock()
+	uses := s.takeUses()
+	if uses == nil {
 		return nil
 	}
-	s.pending = make(map[string]*pendingUse, len(uses))
-	s.usesMu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), sqlOpenTimeout)
 	defer cancel()
@@ -954,16 +935,8 @@ func (s *SQLStore) flushUses() error {
 		}
 		return nil
 	})
-	if err == nil {
-		return nil
-	}
-	s.usesMu.Lock()
-	defer s.usesMu.Unlock()
-	for id, older := range uses {
-		if newer, ok := s.pending[id]; ok {
-			older.merge(newer)
-		}
-		s.pending[id] = older
+	if err != nil {
+		s.restoreUses(uses)
 	}
 	return err
 }
