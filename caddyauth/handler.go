@@ -203,7 +203,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	lockout := h.Lockout.Settings()
 	lockout.Captcha.Secret = caddy.NewReplacer().ReplaceKnown(lockout.Captcha.Secret, "")
-	realm, err := captcha.Acquire(h.Realm, h, lockout, ctx.Storage(), h.logger.Named("lockout"))
+	// SQL stores keep the lockout state in their database, so that servers
+	// sharing it share lockouts; the file store's is kept in Caddy's storage.
+	lockoutStore, _ := store.(tokenstore.LockoutStore)
+	realm, err := captcha.Acquire(h.Realm, h, lockout, ctx.Storage(), lockoutStore, h.logger.Named("lockout"))
 	if err != nil {
 		return fmt.Errorf("lockout: %v", err)
 	}

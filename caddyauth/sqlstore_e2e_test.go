@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apitoken/caddy-apitoken/captcha"
 	"github.com/caddy-apitoken/caddy-apitoken/internal/testdb"
 	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 )
@@ -93,6 +94,36 @@ http://localhost:9080 {
 				}
 				if time.Now().After(deadline) {
 					t.Errorf("revoked token: %d %s after the revocation, want 401", resp.StatusCode, st.propagation)
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+
+			// Lockout state is kept in the database (SPEC §7): bad Basic
+			// attempts challenge alice, in a row another server reads,
+			// and that server's clear lifts the challenge here.
+			lockouts := other.(tokenstore.LockoutStore)
+			for range captcha.DefaultMaxFailures {
+				call(t, tester, "GET", "/", basicAuth("alice", "wrong"), nil)
+			}
+			if resp, _ := call(t, tester, "GET", "/", basicAuth("alice", "wrong"), nil); resp.StatusCode != 403 {
+				t.Errorf("after %d failures: %d, want 403 (challenged)", captcha.DefaultMaxFailures, resp.StatusCode)
+			}
+			recs, err := lockouts.ListLockouts(ctx)
+			if err != nil || len(recs) != 1 || recs[0].Kind != tokenstore.LockoutChallenge || recs[0].User != "alice" {
+				t.Fatalf("lockouts in the database: %+v, %v; want alice's challenge", recs, err)
+			}
+			if err := lockouts.DeleteUserLockouts(ctx, "alice"); err != nil {
+				t.Fatal(err)
+			}
+			deadline = time.Now().Add(st.propagation)
+			for {
+				resp, _ := call(t, tester, "GET", "/", basicAuth("alice", "wrong"), nil)
+				if resp.StatusCode == 401 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("challenge cleared by another server: %d %s after, want 401", resp.StatusCode, st.propagation)
 					break
 				}
 				time.Sleep(20 * time.Millisecond)

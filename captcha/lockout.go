@@ -1,12 +1,14 @@
 package captcha
 
 import (
+	"context"
 	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 	"go.uber.org/zap"
 )
 
@@ -14,7 +16,9 @@ import (
 // Everything a request asks of it is answered from memory; challenges and
 // bans are also written to Caddy's storage when they start or end (never
 // per attempt), so that they outlive restarts and are shared by servers
-// that share the storage.
+// that share the storage. With an SQL token store, failures are counted
+// in its database and challenges and bans kept there (see dbpersist.go),
+// shared by the servers that share the database.
 type Lockout struct {
 	settings atomic.Pointer[Settings]
 	logger   atomic.Pointer[zap.Logger]
@@ -28,6 +32,9 @@ type Lockout struct {
 
 	// persist is set when challenges and bans are kept in storage.
 	persist *persister
+	// db is set when counts, challenges and bans are kept in an SQL token
+	// store's database (see dbpersist.go); then persist is nil.
+	db *dbBackend
 }
 
 // failureCount is a run of consecutive failures.
@@ -132,7 +139,18 @@ func (l *Lockout) Challenged(user string, ip netip.Addr) bool {
 // decision are one atomic step, so that of N concurrent bad attempts
 // exactly max_failures are judged before the challenge starts. user is ""
 // for Bearer attempts, which count for the client IP only.
+//
+// With a database (PersistDB) the counting is the database's, atomic
+// across every server sharing it.
 func (l *Lockout) Fail(user string, ip netip.Addr) (challenged bool) {
+	if d := l.db; d != nil {
+		return l.failDB(d, user, ip)
+	}
+	return l.failMemory(user, ip)
+}
+
+// failMemory is Fail with the counts in memory.
+func (l *Lockout) failMemory(user string, ip netip.Addr) (challenged bool) {
 	s := l.settings.Load()
 	now := l.now()
 	var started *Challenge
@@ -178,7 +196,12 @@ func (l *Lockout) Fail(user string, ip netip.Addr) (challenged bool) {
 		}
 	}
 	l.mu.Unlock()
+	l.logStarts(s, user, ip, started, banned)
+	return false
+}
 
+// logStarts logs a challenge and a ban that an attempt started.
+func (l *Lockout) logStarts(s *Settings, user string, ip netip.Addr, started *Challenge, banned *Ban) {
 	logger := l.logger.Load()
 	if started != nil {
 		logger.Info("CAPTCHA challenge started", zap.String("user", user), zap.String("client_ip", ip.String()),
@@ -188,7 +211,6 @@ func (l *Lockout) Fail(user string, ip netip.Addr) (challenged bool) {
 		logger.Info("IP address banned", zap.String("client_ip", ip.String()),
 			zap.String("reason", "too many failed attempts"), zap.Int("failures", s.IPMaxFailures), zap.Time("until", banned.Until))
 	}
-	return false
 }
 
 // bump adds a failure to counts[key], restarting a run older than
@@ -225,11 +247,18 @@ func (l *Lockout) Succeed(user string, ip netip.Addr) (challenged bool) {
 		return false // the common case: no write lock
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if c, ok := l.challenges[key]; ok && c.activeAt(now) {
+		l.mu.Unlock()
 		return true
 	}
 	delete(l.counts, key)
+	l.mu.Unlock()
+	// Only a key this server counted failures for costs a database write.
+	if d := l.db; d != nil {
+		d.write("resetting a failure count", func(ctx context.Context, db tokenstore.LockoutStore) error {
+			return db.ResetFailures(ctx, userCountKey(key))
+		})
+	}
 	return false
 }
 
@@ -243,6 +272,11 @@ func (l *Lockout) ClearChallenge(user string, ip netip.Addr) bool {
 	l.dropChallenge(key)
 	delete(l.counts, key)
 	l.mu.Unlock()
+	if d := l.db; d != nil {
+		d.write("clearing a challenge", func(ctx context.Context, db tokenstore.LockoutStore) error {
+			return db.DeleteLockout(ctx, tokenstore.LockoutChallenge, key, userCountKey(key))
+		})
+	}
 	if active {
 		l.logger.Load().Info("CAPTCHA challenge cleared", zap.String("user", user),
 			zap.String("client_ip", ip.String()), zap.String("reason", "solved on the unlock page"))
@@ -270,6 +304,11 @@ func (l *Lockout) ClearUser(user string) int {
 		}
 	}
 	l.mu.Unlock()
+	if d := l.db; d != nil {
+		d.write("clearing a user's challenges", func(ctx context.Context, db tokenstore.LockoutStore) error {
+			return db.DeleteUserLockouts(ctx, user)
+		})
+	}
 	if cleared > 0 {
 		l.logger.Load().Info("CAPTCHA challenge cleared", zap.String("user", user),
 			zap.Int("challenges", cleared), zap.String("reason", "reset by an administrator"))
@@ -296,6 +335,11 @@ func (l *Lockout) ClearIP(ip netip.Addr) bool {
 	l.dropBan(ip)
 	delete(l.ipCounts, ip)
 	l.mu.Unlock()
+	if d := l.db; d != nil {
+		d.write("clearing a ban", func(ctx context.Context, db tokenstore.LockoutStore) error {
+			return db.DeleteLockout(ctx, tokenstore.LockoutBan, ip.String(), ipCountKey(ip))
+		})
+	}
 	if active {
 		l.logger.Load().Info("IP address ban cleared", zap.String("client_ip", ip.String()),
 			zap.String("reason", "reset by an administrator"))
@@ -420,11 +464,13 @@ func (l *Lockout) expire() {
 	s := l.settings.Load()
 	now := l.now()
 	var challenges []Challenge
+	var challengeKeys []string
 	var bans []Ban
 	l.mu.Lock()
 	for key, c := range l.challenges {
 		if !c.activeAt(now) {
 			challenges = append(challenges, *c)
+			challengeKeys = append(challengeKeys, key)
 			l.dropChallenge(key)
 		}
 	}
@@ -447,6 +493,18 @@ func (l *Lockout) expire() {
 		}
 	}
 	l.mu.Unlock()
+	if d := l.db; d != nil {
+		for _, key := range challengeKeys {
+			d.write("deleting a lapsed challenge", func(ctx context.Context, db tokenstore.LockoutStore) error {
+				return db.DeleteLockout(ctx, tokenstore.LockoutChallenge, key, userCountKey(key))
+			})
+		}
+		for _, b := range bans {
+			d.write("deleting a lapsed ban", func(ctx context.Context, db tokenstore.LockoutStore) error {
+				return db.DeleteLockout(ctx, tokenstore.LockoutBan, b.IP.String(), ipCountKey(b.IP))
+			})
+		}
+	}
 	logger := l.logger.Load()
 	for _, c := range challenges {
 		logger.Info("CAPTCHA challenge cleared", zap.String("user", c.User),

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
@@ -130,8 +131,19 @@ func (l *Lockout) SetStorage(storage certmagic.Storage) {
 	}
 }
 
+// SetLockoutStore switches a lockout kept in a database (PersistDB) to
+// the store of a reloaded config.
+func (l *Lockout) SetLockoutStore(store tokenstore.LockoutStore) {
+	if d := l.db; d != nil && store != nil {
+		d.setStore(store)
+	}
+}
+
 // Close writes what is queued and stops the storage goroutine.
 func (l *Lockout) Close() {
+	if d := l.db; d != nil {
+		d.close()
+	}
 	if p := l.persist; p != nil {
 		p.stopOnce.Do(func() {
 			close(p.stop)

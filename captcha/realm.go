@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
@@ -36,6 +37,7 @@ type registration struct {
 	owner   any
 	s       Settings
 	storage certmagic.Storage
+	db      tokenstore.LockoutStore
 	logger  *zap.Logger
 }
 
@@ -53,6 +55,7 @@ func (r *Realm) apply() {
 	reg := r.regs[len(r.regs)-1]
 	r.Lockout.Configure(reg.s, reg.logger)
 	r.Lockout.SetStorage(reg.storage)
+	r.Lockout.SetLockoutStore(reg.db)
 }
 
 var realms = caddy.NewUsagePool()
@@ -61,10 +64,18 @@ var realms = caddy.NewUsagePool()
 // challenges and bans from storage) if no loaded config has it yet, and
 // puts owner's settings in force. Pair each Acquire with a Release by the
 // same owner.
-func Acquire(name string, owner any, s Settings, storage certmagic.Storage, logger *zap.Logger) (*Realm, error) {
+//
+// db is the realm's token store if it keeps lockout state (the SQL
+// stores), else nil: with one, counts, challenges and bans are kept in its
+// database; without, challenges and bans are kept in storage (Caddy's).
+// A realm keeps the kind it was created with across reloads.
+func Acquire(name string, owner any, s Settings, storage certmagic.Storage, db tokenstore.LockoutStore, logger *zap.Logger) (*Realm, error) {
 	v, _, err := realms.LoadOrNew(name, func() (caddy.Destructor, error) {
 		l := NewLockout(s, logger, time.Now)
-		if storage != nil {
+		switch {
+		case db != nil:
+			l.PersistDB(db)
+		case storage != nil:
 			l.Persist(name, storage)
 		}
 		return &Realm{Lockout: l, Puzzles: NewPuzzleStore(puzzleTTL, maxPuzzle, time.Now)}, nil
@@ -74,7 +85,7 @@ func Acquire(name string, owner any, s Settings, storage certmagic.Storage, logg
 	}
 	r := v.(*Realm)
 	r.mu.Lock()
-	r.regs = append(r.regs, registration{owner: owner, s: s, storage: storage, logger: logger})
+	r.regs = append(r.regs, registration{owner: owner, s: s, storage: storage, db: db, logger: logger})
 	r.apply()
 	r.mu.Unlock()
 	return r, nil

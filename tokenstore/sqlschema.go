@@ -20,7 +20,7 @@ import (
 
 // schemaVersion is the schema version this code writes: the number of
 // migrations.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // pgMigrationLock is the key of the PostgreSQL advisory lock that
 // serialises migrations, so that several servers starting at once against
@@ -112,6 +112,56 @@ var migrations = []migration{
 			`CREATE TABLE api_token_auth_settings (
 				realm TEXT PRIMARY KEY,
 				test_endpoint_enabled BOOLEAN
+			)`,
+		},
+	},
+	{
+		// Version 2: lockout state shared by the servers using the
+		// database (see sqllockout.go). Keys and user names are bytes:
+		// they come from requests and may hold anything, NUL included.
+		// lockout_counts are runs of consecutive failures; lockouts are
+		// CAPTCHA challenges (kind "challenge") and IP bans (kind "ban");
+		// until is NULL for a challenge that never lapses.
+		sqlite: []string{
+			`CREATE TABLE api_token_auth_lockout_counts (
+				realm TEXT NOT NULL,
+				lockout_key BLOB NOT NULL,
+				user_name BLOB NOT NULL,
+				n INTEGER NOT NULL,
+				last TEXT NOT NULL,
+				PRIMARY KEY (realm, lockout_key)
+			)`,
+			`CREATE INDEX api_token_auth_lockout_counts_user ON api_token_auth_lockout_counts (realm, user_name)`,
+			`CREATE TABLE api_token_auth_lockouts (
+				realm TEXT NOT NULL,
+				kind TEXT NOT NULL,
+				lockout_key BLOB NOT NULL,
+				user_name BLOB NOT NULL,
+				ip TEXT NOT NULL,
+				started TEXT NOT NULL,
+				until TEXT,
+				PRIMARY KEY (realm, kind, lockout_key)
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE api_token_auth_lockout_counts (
+				realm TEXT NOT NULL,
+				lockout_key BYTEA NOT NULL,
+				user_name BYTEA NOT NULL,
+				n INTEGER NOT NULL,
+				last TIMESTAMPTZ NOT NULL,
+				PRIMARY KEY (realm, lockout_key)
+			)`,
+			`CREATE INDEX api_token_auth_lockout_counts_user ON api_token_auth_lockout_counts (realm, user_name)`,
+			`CREATE TABLE api_token_auth_lockouts (
+				realm TEXT NOT NULL,
+				kind TEXT NOT NULL,
+				lockout_key BYTEA NOT NULL,
+				user_name BYTEA NOT NULL,
+				ip TEXT NOT NULL,
+				started TIMESTAMPTZ NOT NULL,
+				until TIMESTAMPTZ,
+				PRIMARY KEY (realm, kind, lockout_key)
 			)`,
 		},
 	},

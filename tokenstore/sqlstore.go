@@ -69,6 +69,9 @@ type SQLStore struct {
 	// queryHook, if set (by tests), is called before each read the
 	// cache could have answered goes to the database.
 	queryHook func()
+	// lockoutListeners are told of lockout changes notified by other
+	// servers.
+	lockoutListeners lockoutListeners
 
 	// Watching for other servers' writes (only with a cache).
 	watchCancel context.CancelFunc

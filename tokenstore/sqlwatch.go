@@ -17,7 +17,9 @@ import (
 // in its own transaction, so that the notification goes out when, and
 // only if, the change commits. Kinds are token (key: the token id, for
 // create, revoke and rotate), user_tokens (the user whose tokens were all
-// revoked), user (the user whose record changed) and settings (no key).
+// revoked), user (the user whose record changed), settings (no key) and
+// lockout (a challenge or ban started or ended; key: its kind, and the
+// store's OnLockoutChange listeners are told).
 // Each cached store keeps one connection of its own LISTENing on that
 // channel and, on a notification for its realm, clears its whole cache
 // (the payload's kind and key are for people reading the traffic: clearing
@@ -152,6 +154,8 @@ func (s *SQLStore) pollDataVersion() {
 	if v != s.dataVersion {
 		s.dataVersion = v
 		s.cache.clear()
+		// The commit may have been a lockout change: listeners reread.
+		s.lockoutListeners.call()
 	}
 }
 
@@ -228,9 +232,12 @@ func (s *SQLStore) receive(ctx context.Context, conn *pgx.Conn) error {
 		if err != nil {
 			return err
 		}
-		if realm, _, _ := strings.Cut(n.Payload, ":"); realm == s.realm {
+		if realm, rest, _ := strings.Cut(n.Payload, ":"); realm == s.realm {
 			s.cache.clear()
 			s.lastNotice.Store(n.Payload)
+			if kind, _, _ := strings.Cut(rest, ":"); kind == "lockout" {
+				s.lockoutListeners.call()
+			}
 		}
 	}
 }
