@@ -196,7 +196,8 @@ func decodeBody(r *http.Request, v any) error {
 		}
 		return badRequest("body: invalid JSON: %v", err)
 	}
-	if dec.More() {
+	// dec.More would miss a stray '}' or ']' after the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return badRequest("body: unexpected data after the JSON object")
 	}
 	return nil

@@ -94,6 +94,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(groups) == 0 {
 				return d.ArgErr()
 			}
+			if err := checkAllowGroups(groups); err != nil {
+				return d.Err(err.Error())
+			}
 			h.AllowGroups = append(h.AllowGroups, groups...)
 
 		case "allow_ips":

@@ -239,11 +239,7 @@ func (h *Handler) Validate() error {
 		checkNotNegative("max_lifetime", h.MaxLifetime),
 		checkNotNegative("cache_ttl", h.CacheTTL),
 		h.Lockout.Validate(),
-	}
-	for _, g := range h.AllowGroups {
-		if g == "" {
-			checks = append(checks, fmt.Errorf("allow_groups: empty group name"))
-		}
+		checkAllowGroups(h.AllowGroups),
 	}
 	if _, err := tokenstore.ParsePrefixes(h.AllowIPs); err != nil {
 		checks = append(checks, fmt.Errorf("allow_ips: %v", err))
@@ -261,6 +257,15 @@ var realmPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 func checkRealm(realm string) error {
 	if !realmPattern.MatchString(realm) {
 		return fmt.Errorf("realm %q: only letters, digits, '.', '_' and '-' are allowed", realm)
+	}
+	return nil
+}
+
+func checkAllowGroups(groups []string) error {
+	for _, g := range groups {
+		if g == "" {
+			return fmt.Errorf("allow_groups: empty group name")
+		}
 	}
 	return nil
 }
