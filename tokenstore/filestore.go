@@ -456,7 +456,10 @@ func (s *FileStore) reloadIfChanged() {
 	if stat == s.seen && (!stat.exists || time.Since(stat.modTime) > racyStampWindow) {
 		return
 	}
-	doc, stamp, err := readDocument(s.path)
+	// Compare the contents before decoding them: in the seconds after
+	// each write (the last-use flush's too) this runs every poll, and a
+	// large file must not be decoded again when nothing changed.
+	data, stamp, err := readStoreFile(s.path)
 	if stamp == s.seen {
 		return
 	}
@@ -467,7 +470,12 @@ func (s *FileStore) reloadIfChanged() {
 	}
 	var snap *fileSnapshot
 	if err == nil {
-		snap, err = doc.snapshot()
+		var doc *fileDocument
+		if doc, err = decodeDocument(data); err != nil {
+			err = fmt.Errorf("token store file %s: %v", s.path, err)
+		} else {
+			snap, err = doc.snapshot()
+		}
 	}
 	if err != nil {
 		s.logger.Error("token store file not loaded; still serving its last good contents",
@@ -596,9 +604,27 @@ func (s *FileStore) update(change func(*fileDocument) error) (*fileSnapshot, err
 // empty document with a zero stamp. Unknown fields are errors: a misspelt
 // "allowed_ips" must not silently allow every address.
 func readDocument(path string) (*fileDocument, fileStamp, error) {
+	data, stamp, err := readStoreFile(path)
+	if err != nil {
+		return nil, stamp, err
+	}
+	if !stamp.exists {
+		return &fileDocument{Version: fileFormatVersion}, stamp, nil
+	}
+	doc, err := decodeDocument(data)
+	if err != nil {
+		return nil, stamp, fmt.Errorf("token store file %s: %v", path, err)
+	}
+	return doc, stamp, nil
+}
+
+// readFile reads the store file and stamps what it read: the stat and the
+// SHA-256 of the very bytes read, taken from one open file so that they
+// agree. A missing file is no error: no bytes and a stamp that says so.
+func readStoreFile(path string) ([]byte, fileStamp, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &fileDocument{Version: fileFormatVersion}, fileStamp{}, nil
+		return nil, fileStamp{}, nil
 	}
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
@@ -612,12 +638,7 @@ func readDocument(path string) (*fileDocument, fileStamp, error) {
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
 	}
-	stamp := fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime(), sum: sha256.Sum256(data)}
-	doc, err := decodeDocument(data)
-	if err != nil {
-		return nil, stamp, fmt.Errorf("token store file %s: %v", path, err)
-	}
-	return doc, stamp, nil
+	return data, fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime(), sum: sha256.Sum256(data)}, nil
 }
 
 func decodeDocument(data []byte) (*fileDocument, error) {
