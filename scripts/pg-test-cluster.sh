@@ -41,16 +41,9 @@ die() {
 	exit 1
 }
 
-# as_root runs a command as root: directly when we are root, else with sudo.
-as_root() {
-	if [ "$(id -u)" -eq 0 ]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
-		sudo "$@"
-	else
-		die "need root or sudo to run: $*"
-	fi
-}
+# as_root and apt_install.
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # pg_bindir prints the bin directory of the newest PostgreSQL server
 # installed the Debian way, or nothing.
@@ -69,10 +62,7 @@ install_postgresql() {
 	command -v apt-get >/dev/null 2>&1 ||
 		die "no PostgreSQL server under /usr/lib/postgresql and no apt-get; install PostgreSQL yourself"
 	log "installing Debian's postgresql"
-	as_root apt-get update >&2
-	# env, because sudo drops DEBIAN_FRONTEND from the environment.
-	as_root env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y --no-install-recommends postgresql >&2
+	apt_install postgresql
 	# Where services may start (no policy-rc.d forbidding it), the package
 	# creates and starts a "main" cluster on port 5432. We did not ask for a
 	# server that outlives the tests: stop the ones the install started.

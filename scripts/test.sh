@@ -16,33 +16,9 @@ section() {
 	printf '\n==> [%ds] %s\n' "$SECONDS" "$*"
 }
 
-# as_root runs a command as root: directly when we are root, else with sudo.
-as_root() {
-	if [ "$(id -u)" -eq 0 ]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
-		sudo "$@"
-	else
-		echo "scripts/test.sh: need root or sudo to run: $*" >&2
-		exit 1
-	fi
-}
-
-apt_updated=false
-
-# apt_install installs Debian packages without questions or recommends.
-apt_install() {
-	if ! command -v apt-get >/dev/null 2>&1; then
-		echo "scripts/test.sh: apt-get not found; install these yourself: $*" >&2
-		exit 1
-	fi
-	if [ "$apt_updated" = false ]; then
-		as_root apt-get update
-		apt_updated=true
-	fi
-	# env, because sudo drops DEBIAN_FRONTEND from the environment.
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-}
+# as_root and apt_install.
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 # cleanup runs on exit, however the script ends: it removes the Caddy binary's
 # directory and stops the PostgreSQL cluster that this script started.
