@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -318,12 +319,8 @@ func (l *Lockout) ClearUser(user string) int {
 
 // keyUser returns the user part of a user_ip key, or "" for a user key.
 func keyUser(key string) string {
-	for i := 0; i < len(key); i++ {
-		if key[i] == 0 {
-			return key[i+1:]
-		}
-	}
-	return ""
+	_, user, _ := strings.Cut(key, "\x00")
+	return user
 }
 
 // ClearIP ends ip's ban and failure count (an admin reset). It reports
