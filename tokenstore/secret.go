@@ -75,7 +75,7 @@ func randomBase62(n int) (string, error) {
 // checksum is the CRC-32 (IEEE) of random, in base62, left-padded with '0'
 // to six characters (62^6 > 2^32, so six always suffice).
 func checksum(random string) string {
-	sum := crc32.ChecksumIEEE([]byte(random))
+	sum := crc32IEEE(random)
 	var out [checksumLength]byte
 	for i := checksumLength - 1; i >= 0; i-- {
 		out[i] = base62Alphabet[sum%62]
@@ -90,7 +90,7 @@ func checksumMatches(random, want string) bool {
 	if len(want) != checksumLength {
 		return false
 	}
-	sum := crc32.ChecksumIEEE([]byte(random))
+	sum := crc32IEEE(random)
 	for i := checksumLength - 1; i >= 0; i-- {
 		if want[i] != base62Alphabet[sum%62] {
 			return false
@@ -98,6 +98,18 @@ func checksumMatches(random, want string) bool {
 		sum /= 62
 	}
 	return true
+}
+
+// crc32IEEE is crc32.ChecksumIEEE of a string. Converting the string to
+// a []byte for the standard function would cost an allocation on every
+// request (the bytes escape through the package's function variable); the
+// table-driven loop is fast enough for the 32 bytes of a token.
+func crc32IEEE(s string) uint32 {
+	crc := ^uint32(0)
+	for i := 0; i < len(s); i++ {
+		crc = crc32.IEEETable[byte(crc)^s[i]] ^ crc>>8
+	}
+	return ^crc
 }
 
 // PlausibleSecret reports whether secret could be a token worth looking up.
@@ -130,6 +142,15 @@ type Digest [sha256.Size]byte
 
 // DigestOf returns the SHA-256 of secret.
 func DigestOf(secret string) Digest {
+	// sha256.Sum256 keeps its argument on the stack, but a []byte(secret)
+	// longer than 32 bytes would still be allocated on the heap: copying
+	// into a buffer of our own spares that on every request. Secrets that
+	// do not fit (imported ones can be long) take the allocation.
+	var buf [128]byte
+	if len(secret) <= len(buf) {
+		n := copy(buf[:], secret)
+		return sha256.Sum256(buf[:n])
+	}
 	return sha256.Sum256([]byte(secret))
 }
 

@@ -1,6 +1,7 @@
 package tokenstore
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"hash/crc32"
 	"math/big"
@@ -442,5 +443,32 @@ func TestValidatePrefix(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("ValidatePrefix(%q) error = %v, want one containing %q", tt.prefix, err, tt.wantErr)
 		}
+	}
+}
+
+// TestAllocationFreeHelpers checks the request path's own CRC-32 and
+// SHA-256 helpers against the standard functions, on both sides of the
+// digest's buffer size.
+func TestAllocationFreeHelpers(t *testing.T) {
+	for _, n := range []int{0, 1, 31, 32, 33, 127, 128, 129, 1000} {
+		s := strings.Repeat("aZ9", n)[:n]
+		if got, want := crc32IEEE(s), crc32.ChecksumIEEE([]byte(s)); got != want {
+			t.Errorf("crc32IEEE(%d bytes) = %08x, want %08x", n, got, want)
+		}
+		if got, want := DigestOf(s), Digest(sha256.Sum256([]byte(s))); got != want {
+			t.Errorf("DigestOf(%d bytes) = %s, want %s", n, got, want)
+		}
+	}
+	secret, err := GenerateSecret("tok_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allocs := testing.AllocsPerRun(100, func() {
+		if !PlausibleSecret(secret, "tok_") {
+			t.Fatal("a generated secret is not plausible")
+		}
+		_ = DigestOf(secret)
+	}); allocs != 0 {
+		t.Errorf("checking and hashing a token allocates %v times, want 0", allocs)
 	}
 }
