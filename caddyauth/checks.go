@@ -121,17 +121,30 @@ func parseAuthorization(header string) (credentials, bool) {
 		}
 		return credentials{secret: rest}, true
 	case strings.EqualFold(scheme, "Basic"):
-		decoded, err := base64.StdEncoding.DecodeString(rest)
-		if err != nil {
+		decoded, ok := decodeBase64(rest)
+		if !ok {
 			return credentials{}, false
 		}
-		username, secret, ok := strings.Cut(string(decoded), ":")
+		username, secret, ok := strings.Cut(decoded, ":")
 		if !ok || secret == "" {
 			return credentials{}, false
 		}
 		return credentials{basic: true, username: username, secret: secret}, true
 	}
 	return credentials{}, false
+}
+
+// decodeBase64 decodes standard base64 into a string with one allocation:
+// a Basic header's user:token fits the stack buffer, where DecodeString
+// and a conversion would cost two.
+func decodeBase64(s string) (string, bool) {
+	var buf [256]byte
+	if base64.StdEncoding.DecodedLen(len(s)) > len(buf) {
+		b, err := base64.StdEncoding.DecodeString(s)
+		return string(b), err == nil
+	}
+	n, err := base64.StdEncoding.Decode(buf[:], []byte(s))
+	return string(buf[:n]), err == nil
 }
 
 // authenticate runs the checks of SPEC §4 in order, and has the lockout

@@ -364,20 +364,15 @@ func (h *Handler) noteSuccess(w http.ResponseWriter, r *http.Request, v verdict,
 	h.store.RecordUse(t.ID, now, ip)
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Set("http.auth.user.id", t.User)
-	repl.Set("http.auth.user.token_id", t.ID)
-	repl.Set("http.auth.user.token_name", t.Name)
-	repl.Set("http.auth.user.scope", string(t.Scope))
-	groups := ""
-	if v.user != nil {
-		groups = v.user.JoinedGroups()
-	}
-	repl.Set("http.auth.user.groups", groups)
+	repl.Map(userPlaceholders(t, v.user))
 
 	hdr := w.Header()
 	if h.atlassian {
-		setExactHeader(hdr, headerSeraphLoginReason, outcomes[authenticated].seraph)
-		setExactHeader(hdr, headerAUsername, t.User)
+		// Both values share one allocation; each slice is capped, so an
+		// append to one header's values cannot write into the other's.
+		values := []string{outcomes[authenticated].seraph, t.User}
+		hdr[headerSeraphLoginReason] = values[0:1:1]
+		hdr[headerAUsername] = values[1:2:2]
 	}
 	if t.Expires != nil && t.Expires.Sub(now) <= expiryWarning {
 		hdr.Set(headerAPITokenExpires, t.Expires.UTC().Format(time.RFC3339))
@@ -385,6 +380,35 @@ func (h *Handler) noteSuccess(w http.ResponseWriter, r *http.Request, v verdict,
 	if c := h.logger.Check(zapcore.DebugLevel, "authenticated"); c != nil {
 		c.Write(zap.String("realm", h.Realm), zap.String("user", t.User),
 			zap.String("token_id", t.ID), zap.String("client_ip", ip.String()))
+	}
+}
+
+// userPlaceholders answers the {http.auth.user.*} placeholders of an
+// authenticated request when something asks for them. Most requests never
+// do; setting all five up front would box five values into the replacer's
+// map on every request.
+func userPlaceholders(t *tokenstore.Token, user *tokenstore.User) caddy.ReplacerFunc {
+	return func(key string) (any, bool) {
+		name, ok := strings.CutPrefix(key, "http.auth.user.")
+		if !ok {
+			return nil, false
+		}
+		switch name {
+		case "id":
+			return t.User, true
+		case "token_id":
+			return t.ID, true
+		case "token_name":
+			return t.Name, true
+		case "scope":
+			return string(t.Scope), true
+		case "groups":
+			if user == nil {
+				return "", true
+			}
+			return user.JoinedGroups(), true
+		}
+		return nil, false
 	}
 }
 

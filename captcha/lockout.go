@@ -106,11 +106,24 @@ func (l *Lockout) Settings() Settings { return *l.settings.Load() }
 
 // key is what consecutive failures are counted per.
 func (l *Lockout) key(user string, ip netip.Addr) string {
+	var buf [keyBufSize]byte
+	return string(l.appendKey(buf[:0], user, ip))
+}
+
+// keyBufSize fits the key of an IPv6 address and a typical user name, so
+// that the look-ups every successful Basic request makes can build the key
+// on the stack: a map index with string(bytes) does not allocate.
+const keyBufSize = 96
+
+// appendKey appends the lockout key of user at ip to dst.
+func (l *Lockout) appendKey(dst []byte, user string, ip netip.Addr) []byte {
 	if l.settings.Load().Key == KeyUser {
-		return user
+		return append(dst, user...)
 	}
 	// A user name may contain anything, an address never contains a NUL.
-	return ip.String() + "\x00" + user
+	dst = ip.AppendTo(dst)
+	dst = append(dst, 0)
+	return append(dst, user...)
 }
 
 // Banned reports whether ip is banned, and until when (SPEC §4 check 2).
@@ -127,9 +140,10 @@ func (l *Lockout) Banned(ip netip.Addr) (until time.Time, banned bool) {
 // Challenged reports whether user, at ip, is under a CAPTCHA challenge
 // (SPEC §4 check 3; Basic only).
 func (l *Lockout) Challenged(user string, ip netip.Addr) bool {
-	key := l.key(user, ip)
+	var buf [keyBufSize]byte
+	key := l.appendKey(buf[:0], user, ip)
 	l.mu.RLock()
-	c, ok := l.challenges[key]
+	c, ok := l.challenges[string(key)]
 	l.mu.RUnlock()
 	return ok && c.activeAt(l.now())
 }
@@ -235,18 +249,20 @@ func bump[K comparable](counts map[K]*failureCount, key K, now time.Time, resetA
 // active (it may have started while the attempt was being judged).
 // Otherwise the key's failure count is reset.
 func (l *Lockout) Succeed(user string, ip netip.Addr) (challenged bool) {
-	key := l.key(user, ip)
+	var buf [keyBufSize]byte
+	keyBytes := l.appendKey(buf[:0], user, ip)
 	now := l.now()
 	l.mu.RLock()
-	c, isChallenged := l.challenges[key]
-	_, hasCount := l.counts[key]
+	c, isChallenged := l.challenges[string(keyBytes)]
+	_, hasCount := l.counts[string(keyBytes)]
 	l.mu.RUnlock()
 	if isChallenged && c.activeAt(now) {
 		return true
 	}
 	if !hasCount {
-		return false // the common case: no write lock
+		return false // the common case: no write lock, no allocation
 	}
+	key := string(keyBytes)
 	l.mu.Lock()
 	if c, ok := l.challenges[key]; ok && c.activeAt(now) {
 		l.mu.Unlock()
