@@ -343,6 +343,10 @@ func TestParseAuthorization(t *testing.T) {
 		{basicAuth("u", "p:with:colons"), credentials{basic: true, username: "u", secret: "p:with:colons"}, true},
 		{basicAuth("", "p"), credentials{basic: true, secret: "p"}, true},
 		{"Basic", credentials{}, false},
+		{"Basic not*base64", credentials{}, false},
+		// Longer than decodeBase64's stack buffer.
+		{basicAuth(strings.Repeat("u", 300), "p"), credentials{basic: true, username: strings.Repeat("u", 300), secret: "p"}, true},
+		{"Basic " + strings.Repeat("*", 400), credentials{}, false},
 		{"Digest abc", credentials{}, false},
 		{"", credentials{}, false},
 	}
@@ -350,6 +354,29 @@ func TestParseAuthorization(t *testing.T) {
 		got, ok := parseAuthorization(tc.header)
 		if ok != tc.ok || got != tc.want {
 			t.Errorf("parseAuthorization(%q) = %+v, %v; want %+v, %v", tc.header, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// TestDecisionAllocations holds the warm-cache decision to issue 6's
+// budget of at most 3 allocations (BenchmarkDecision measures its time).
+func TestDecisionAllocations(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	f := newFixture(t, now)
+	h := provision(t, f, now, nil)
+	for name, authz := range map[string]string{
+		"bearer": "Bearer " + f.secrets[tokRW],
+		"basic":  basicAuth("alice", f.secrets[tokRW]),
+	} {
+		r, ip := benchRequest(http.MethodGet, authz)
+		allocs := testing.AllocsPerRun(200, func() {
+			if v := h.authenticate(r, ip); v.outcome != authenticated {
+				t.Fatalf("%s: outcome %s, want ok", name, v.outcome.info().code)
+			}
+		})
+		t.Logf("%s success: %v allocations", name, allocs)
+		if allocs > 3 {
+			t.Errorf("%s success allocates %v times, want at most 3", name, allocs)
 		}
 	}
 }
