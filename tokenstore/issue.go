@@ -23,6 +23,17 @@ func NewToken(req TokenRequest, prefix string, now time.Time, maxLifetime time.D
 	if req.User == "" {
 		return Token{}, "", fmt.Errorf("user: required")
 	}
+	// Names end up in logs, placeholders and Basic credentials, and
+	// PostgreSQL refuses a NUL byte: what one store takes, every store
+	// and every consumer must take too.
+	if err := checkText(req.User); err != nil {
+		return Token{}, "", fmt.Errorf("user: %v", err)
+	}
+	if req.Name != "" {
+		if err := checkText(req.Name); err != nil {
+			return Token{}, "", fmt.Errorf("name: %v", err)
+		}
+	}
 	scope := req.Scope
 	if scope == "" {
 		scope = ScopeReadWrite

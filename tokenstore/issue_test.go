@@ -184,6 +184,10 @@ func TestNewTokenErrors(t *testing.T) {
 		{"upper-case scope", TokenRequest{User: "alice", Scope: "READ-ONLY"}, "scope:", ""},
 		{"bad CIDR", TokenRequest{User: "alice", AllowedIPs: []string{"10.0.0.0/99"}}, "allowed_ips:", "10.0.0.0/99"},
 		{"bad address", TokenRequest{User: "alice", AllowedIPs: []string{"10.0.0.1", "office"}}, "allowed_ips:", "office"},
+		{"NUL in user", TokenRequest{User: "ali\x00ce"}, "user:", "control character"},
+		{"newline in user", TokenRequest{User: "alice\nINFO forged log line"}, "user:", "control character"},
+		{"user not UTF-8", TokenRequest{User: "al\xffice"}, "user:", "UTF-8"},
+		{"NUL in name", TokenRequest{User: "alice", Name: "lap\x00top"}, "name:", "control character"},
 		{"bad header name", TokenRequest{User: "alice", RequiredHeaders: map[string]string{"X Team": "a"}}, "", "required_headers:"},
 	}
 	for _, tt := range tests {
