@@ -71,6 +71,9 @@ type verdict struct {
 	token *tokenstore.Token
 	// user is the token owner's record, if listed.
 	user *tokenstore.User
+	// at is when the request was judged: one clock reading serves every
+	// check and the record of the use.
+	at time.Time
 }
 
 // detail is the exact text of SPEC §4 for the verdict's outcome.
@@ -138,7 +141,7 @@ func parseAuthorization(header string) (credentials, bool) {
 // a Basic header's user:token fits the stack buffer, where DecodeString
 // and a conversion would cost two.
 func decodeBase64(s string) (string, bool) {
-	var buf [256]byte
+	var buf [128]byte
 	if base64.StdEncoding.DecodedLen(len(s)) > len(buf) {
 		b, err := base64.StdEncoding.DecodeString(s)
 		return string(b), err == nil
@@ -150,29 +153,29 @@ func decodeBase64(s string) (string, bool) {
 // authenticate runs the checks of SPEC §4 in order, and has the lockout
 // count the result.
 func (h *Handler) authenticate(r *http.Request, clientIP netip.Addr) verdict {
-	v := h.settle(h.check(r, clientIP), clientIP)
+	v := h.settle(h.check(r, clientIP, h.now()), clientIP)
 	h.metrics.results[v.outcome].Inc()
 	return v
 }
 
-// check runs the checks of SPEC §4 in order. It reads the store only
-// through its in-memory or cached look-ups, and the lockout only from
-// memory.
-func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
+// check runs the checks of SPEC §4 in order, as at now. It reads the
+// store only through its in-memory or cached look-ups, and the lockout
+// only from memory.
+func (h *Handler) check(r *http.Request, clientIP netip.Addr, now time.Time) verdict {
 	authz := r.Header.Values("Authorization")
 	if len(authz) != 1 {
-		return verdict{outcome: noCredentials}
+		return verdict{outcome: noCredentials, at: now}
 	}
 	cred, ok := parseAuthorization(authz[0])
 	if !ok {
-		return verdict{outcome: noCredentials}
+		return verdict{outcome: noCredentials, at: now}
 	}
-	v := verdict{username: cred.username, basic: cred.basic}
+	v := verdict{username: cred.username, basic: cred.basic, at: now}
 
 	// Check 2: a banned address is answered from memory, before anything
 	// else is looked at.
 	if until, banned := h.lockout.Banned(clientIP); banned {
-		v.outcome, v.detailArg, v.retryAfter = ipBanned, clientIP.String(), until.Sub(h.now())
+		v.outcome, v.detailArg, v.retryAfter = ipBanned, clientIP.String(), until.Sub(now)
 		return v
 	}
 	// Check 3: a Bearer request names no user, so only Basic can be held
@@ -183,12 +186,12 @@ func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
 	}
 
 	// Check 4.
-	token, outcome := h.findToken(r.Context(), cred.secret)
+	token, outcome := h.findToken(r.Context(), cred.secret, now)
 	switch {
 	case outcome == authenticated && cred.basic && !sameString(cred.username, token.User):
 		outcome = invalidToken
 	case outcome == invalidToken && cred.basic:
-		token, outcome = h.findImported(r.Context(), cred.username, cred.secret)
+		token, outcome = h.findImported(r.Context(), cred.username, cred.secret, now)
 	}
 	if outcome != authenticated {
 		v.outcome = outcome
@@ -197,9 +200,9 @@ func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
 	v.token = token
 
 	// Check 5.
-	start := time.Now()
+	start := h.metrics.start()
 	user, err := h.store.LookupUser(r.Context(), token.User)
-	observeSince(h.metrics.lookupUser, start)
+	h.metrics.observe(h.metrics.lookupUser, start)
 	v.user = user
 	if err != nil {
 		v.outcome = lookupFailure(err)
@@ -238,20 +241,20 @@ func (h *Handler) check(r *http.Request, clientIP netip.Addr) verdict {
 // findToken finds the usable token whose secret this is (check 4, but
 // for the owner). A secret with our prefix and a wrong checksum is a typo
 // or a guess: it is refused without asking the store.
-func (h *Handler) findToken(ctx context.Context, secret string) (*tokenstore.Token, outcome) {
+func (h *Handler) findToken(ctx context.Context, secret string, now time.Time) (*tokenstore.Token, outcome) {
 	if !tokenstore.PlausibleSecret(secret, h.TokenPrefix) {
 		return nil, invalidToken
 	}
 	// Tokens are found by the SHA-256 of the secret, never by comparing
 	// secrets: how long a look-up takes can only tell an attacker about
 	// hashes of their own guesses, not about any stored secret.
-	start := time.Now()
+	start := h.metrics.start()
 	token, err := h.store.LookupToken(ctx, tokenstore.DigestOf(secret))
-	observeSince(h.metrics.lookupToken, start)
+	h.metrics.observe(h.metrics.lookupToken, start)
 	if err != nil {
 		return nil, lookupFailure(err)
 	}
-	if !token.Usable(h.now()) {
+	if !token.Usable(now) {
 		return nil, invalidToken
 	}
 	return token, authenticated
@@ -264,10 +267,10 @@ func (h *Handler) findToken(ctx context.Context, secret string) (*tokenstore.Tok
 // comparison is spent on a fake hash, so that timing does not tell which
 // users have one; a realm without any slow hash has nothing to hide and
 // pays nothing.
-func (h *Handler) findImported(ctx context.Context, user, secret string) (*tokenstore.Token, outcome) {
-	start := time.Now()
+func (h *Handler) findImported(ctx context.Context, user, secret string, now time.Time) (*tokenstore.Token, outcome) {
+	start := h.metrics.start()
 	candidates, err := h.store.LookupBasic(ctx, user)
-	observeSince(h.metrics.lookupBasic, start)
+	h.metrics.observe(h.metrics.lookupBasic, start)
 	if err != nil {
 		return nil, lookupFailure(err)
 	}
@@ -283,7 +286,7 @@ func (h *Handler) findImported(ctx context.Context, user, secret string) (*token
 	}
 	for _, t := range candidates {
 		if h.slow.Verify(t, secret) {
-			if !t.Usable(h.now()) {
+			if !t.Usable(now) {
 				return nil, invalidToken
 			}
 			return t, authenticated
@@ -295,9 +298,10 @@ func (h *Handler) findImported(ctx context.Context, user, secret string) (*token
 // checkOwnedToken reports whether secret is a usable token of user: what
 // the unlock page asks before it clears a challenge.
 func (h *Handler) checkOwnedToken(ctx context.Context, user, secret string) (bool, error) {
-	token, outcome := h.findToken(ctx, secret)
+	now := h.now()
+	token, outcome := h.findToken(ctx, secret, now)
 	if outcome == invalidToken {
-		token, outcome = h.findImported(ctx, user, secret)
+		token, outcome = h.findImported(ctx, user, secret, now)
 	}
 	switch outcome {
 	case authenticated:

@@ -359,8 +359,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // protected route or the test endpoint: it records the use (batched by the
 // store), sets the user placeholders and the success headers.
 func (h *Handler) noteSuccess(w http.ResponseWriter, r *http.Request, v verdict, ip netip.Addr) {
-	t := v.token
-	now := h.now()
+	t, now := v.token, v.at
 	h.store.RecordUse(t.ID, now, ip)
 
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 )
 
 // The collectors are built once, for the process, and registered into the
@@ -93,15 +95,22 @@ type realmMetrics struct {
 	slowHashHit, slowHashMiss prometheus.Counter
 	lookupToken, lookupUser   prometheus.Observer
 	lookupBasic               prometheus.Observer
+	// timed is whether store operations are timed: not for the file
+	// store, whose look-ups are reads of a map in memory, cheaper than the
+	// two clock readings that would time them.
+	timed bool
 }
 
 func newRealmMetrics(realm, storeKind string) *realmMetrics {
 	m := &realmMetrics{
+		timed:        storeKind != tokenstore.TypeFile,
 		slowHashHit:  cacheLookups.WithLabelValues(realm, "slow_hash", "hit"),
 		slowHashMiss: cacheLookups.WithLabelValues(realm, "slow_hash", "miss"),
-		lookupToken:  storeDuration.WithLabelValues(realm, storeKind, "lookup_token"),
-		lookupUser:   storeDuration.WithLabelValues(realm, storeKind, "lookup_user"),
-		lookupBasic:  storeDuration.WithLabelValues(realm, storeKind, "lookup_basic"),
+	}
+	if m.timed {
+		m.lookupToken = storeDuration.WithLabelValues(realm, storeKind, "lookup_token")
+		m.lookupUser = storeDuration.WithLabelValues(realm, storeKind, "lookup_user")
+		m.lookupBasic = storeDuration.WithLabelValues(realm, storeKind, "lookup_basic")
 	}
 	for o := range outcomes {
 		m.results[o] = requestsTotal.WithLabelValues(realm, outcomes[o].code)
@@ -109,7 +118,19 @@ func newRealmMetrics(realm, storeKind string) *realmMetrics {
 	return m
 }
 
-// observeSince records the time since start.
-func observeSince(o prometheus.Observer, start time.Time) {
-	o.Observe(time.Since(start).Seconds())
+// start returns when a store operation starts, if store operations are
+// timed.
+func (m *realmMetrics) start() time.Time {
+	if !m.timed {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// observe records the time since start in o, if store operations are
+// timed.
+func (m *realmMetrics) observe(o prometheus.Observer, start time.Time) {
+	if m.timed {
+		o.Observe(time.Since(start).Seconds())
+	}
 }

@@ -71,6 +71,11 @@ http://localhost:9080 {
 			if !hit.MatchString(metrics) {
 				t.Errorf("/metrics shows no cache hit for realm %s", realm)
 			}
+			// An SQL store's look-ups are timed (the file store's are not).
+			timed := regexp.MustCompile(`caddy_api_token_auth_store_operation_duration_seconds_count\{operation="lookup_token",realm="` + realm + `",store="[a-z]+"\} 2`)
+			if !timed.MatchString(metrics) {
+				t.Errorf("/metrics does not time realm %s's two token look-ups", realm)
+			}
 			// Another realm in the same database does not see it.
 			if elsewhere, err := st.open("another"); err != nil {
 				t.Fatal(err)

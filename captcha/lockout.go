@@ -113,7 +113,7 @@ func (l *Lockout) key(user string, ip netip.Addr) string {
 // keyBufSize fits the key of an IPv6 address and a typical user name, so
 // that the look-ups every successful Basic request makes can build the key
 // on the stack: a map index with string(bytes) does not allocate.
-const keyBufSize = 96
+const keyBufSize = 64
 
 // appendKey appends the lockout key of user at ip to dst.
 func (l *Lockout) appendKey(dst []byte, user string, ip netip.Addr) []byte {
@@ -251,16 +251,19 @@ func bump[K comparable](counts map[K]*failureCount, key K, now time.Time, resetA
 func (l *Lockout) Succeed(user string, ip netip.Addr) (challenged bool) {
 	var buf [keyBufSize]byte
 	keyBytes := l.appendKey(buf[:0], user, ip)
-	now := l.now()
 	l.mu.RLock()
 	c, isChallenged := l.challenges[string(keyBytes)]
 	_, hasCount := l.counts[string(keyBytes)]
 	l.mu.RUnlock()
+	if !isChallenged && !hasCount {
+		return false // the common case: no write lock, no allocation, no clock
+	}
+	now := l.now()
 	if isChallenged && c.activeAt(now) {
 		return true
 	}
 	if !hasCount {
-		return false // the common case: no write lock, no allocation
+		return false
 	}
 	key := string(keyBytes)
 	l.mu.Lock()
