@@ -310,6 +310,21 @@ vm_rss_kb() {
 	awk '/^VmRSS:/ { print $2 }' "/proc/$caddy_pid/status"
 }
 
+# wait_idle waits (up to 30 s) until Caddy uses no CPU for a fifth of a
+# second. Requests that wrk gave up on keep running in Caddy: after the
+# bcrypt configs, 32 abandoned bcrypt compares would otherwise be billed
+# to the next config.
+wait_idle() {
+	local i a b
+	for i in $(seq 150); do
+		a=$(cpu_ticks)
+		sleep 0.2
+		b=$(cpu_ticks)
+		[ $((b - a)) -gt 1 ] || return 0
+	done
+	log "Caddy still busy after 30 s; measuring anyway"
+}
+
 # run_wrk runs wrk for $1 and prints bench.lua's BENCH line.
 run_wrk() {
 	"${pin_wrk[@]}" wrk -t1 -c"$CONNECTIONS" -d"$1" --timeout 10s \
@@ -331,6 +346,8 @@ field() {
 
 results=$tmp/results.tsv
 : >"$results"
+# Other work on the machine shows in every number: the report gives it.
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 start_caddy "$BENCH_CONF/baseline.caddyfile"
 wait_admin
@@ -340,6 +357,7 @@ for round in $(seq "$ROUNDS"); do
 	for c in "${configs[@]}"; do
 		IFS='|' read -r name caddyfile creds expect <<<"$c"
 		set_credentials "$creds"
+		wait_idle
 		load_config "$caddyfile"
 		run_wrk "$WARMUP" >/dev/null
 		: >"$tmp/caddy.log" # floods log a line per failure; keep one run's worth
@@ -369,6 +387,7 @@ for want in $PROFILE; do
 		IFS='|' read -r name caddyfile creds expect <<<"$c"
 		[ "$name" = "$want" ] || continue
 		set_credentials "$creds"
+		wait_idle
 		load_config "$caddyfile"
 		run_wrk "$WARMUP" >/dev/null
 		log "profiling $name for 5 s"
@@ -382,6 +401,13 @@ for want in $PROFILE; do
 			echo
 			echo '```'
 			go tool pprof -top -nodecount=25 "$tmp/profile-$name.pb.gz" 2>/dev/null | sed -n '1,32p'
+			echo '```'
+			echo
+			echo "The plugin's, logging's and metrics' cumulative shares, against the whole connection's (\`-top -cum\`):"
+			echo
+			echo '```'
+			go tool pprof -top -cum -nodecount=400 "$tmp/profile-$name.pb.gz" 2>/dev/null |
+				grep -E 'caddy-apitoken|go\.uber\.org/zap|prometheus|net/http\.\(\*conn\)\.serve$' | head -n 25 || true
 			echo '```'
 		} >>"$profiles"
 	done
@@ -410,13 +436,14 @@ measure_start() {
 		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 -H "Authorization: Bearer $token" "$base_url" || true)
 	done
 	t1=$(date +%s%N)
-	# A steady state: some traffic, a pause past the file store's first
-	# seconds (while the file is new it rereads it every second), then a
+	# A steady state: some traffic; a pause past the store's batched
+	# last-use write (every 5 s, it rewrites the whole file) and the
+	# seconds after it in which the store rereads a new file; then a
 	# collection (pprof's heap profile with gc=1 runs one) and a pause for
 	# the runtime to give freed memory back. Go keeps up to about twice its
 	# live heap (GOGC=100), so the live heap is reported as well.
 	run_wrk 2s >/dev/null
-	sleep 3
+	sleep 10
 	curl -s -o /dev/null "$admin_url/debug/pprof/heap?gc=1"
 	heap_kb=$(($(curl -s "$admin_url/debug/vars" | grep -o '"HeapAlloc":[0-9]*' | cut -d: -f2) / 1024))
 	sleep 5
@@ -430,6 +457,9 @@ measure_start "$tmp/empty.json" "$secret_load" 401
 empty_ms=$start_ms empty_kb=$rss_kb empty_heap_kb=$heap_kb
 measure_start "$tmp/load.json" "$secret_load" 200
 load_ms=$start_ms load_kb=$rss_kb load_heap_kb=$heap_kb
+# The store's own share, without Caddy: tokenstore.OpenFile on the same
+# file, on Caddy's CPU.
+read -r open_ms open_heap < <("${pin_caddy[@]}" "$gentokens" open -path "$tmp/load.json")
 log "empty store: first answer after $empty_ms ms, RSS $empty_kb kB, heap $empty_heap_kb kB;" \
 	"$LOAD_TOKENS tokens: first 200 after $load_ms ms, RSS $load_kb kB, heap $load_heap_kb kB"
 
@@ -439,6 +469,7 @@ report=$tmp/report.md
 {
 	echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc --all) CPUs, Linux $(uname -r);" \
 		"$(go version | cut -d' ' -f3); Caddy $("$caddy" version | cut -d' ' -f1); $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)."
+	echo "Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 	echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), ROUNDS=$ROUNDS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=$CONNECTIONS" \
 		"STORE_TOKENS=$STORE_TOKENS BCRYPT_COST=$BCRYPT_COST; Caddy pinned to CPU 0 (GOMAXPROCS=1), wrk (1 thread) to CPU 1."
 	echo
@@ -510,6 +541,7 @@ report=$tmp/report.md
 	echo "| empty (missing file) | $empty_ms ms (401) | $((empty_kb / 1024)) MB | $((empty_heap_kb / 1024)) MB |"
 	echo "| $LOAD_TOKENS tokens | $load_ms ms (first 200) | $((load_kb / 1024)) MB (+$(((load_kb - empty_kb) / 1024)) MB) |" \
 		"$((load_heap_kb / 1024)) MB (+$(((load_heap_kb - empty_heap_kb) / 1024)) MB) |"
+	echo "| $LOAD_TOKENS tokens, \`tokenstore.OpenFile\` alone (bench/gentokens open) | $open_ms ms | | +$((open_heap / 1048576)) MB |"
 	cat "$profiles"
 } >"$report"
 

@@ -9,6 +9,7 @@
 //	gentokens store -type postgres -dsn postgres://… -realm bench -n 1000
 //	gentokens headers -kind unknown|garbage|badsum|basic [-n 100000] [-prefix cat_] [-user bench]
 //	gentokens apikey
+//	gentokens open -path tokens.json
 //
 // store writes n tokens of user "bench" into a new store and prints the
 // secret of one of them (the only secret the benchmark needs). A file
@@ -30,6 +31,10 @@
 //	         known API key
 //
 // apikey prints one random 72-character API key for caddy-security.
+//
+// open loads a store file with tokenstore.OpenFile, as Caddy does when it
+// provisions the handler, and prints "<milliseconds> <live heap bytes
+// added>": the store's own share of Caddy's start-up and memory.
 package main
 
 import (
@@ -42,6 +47,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
@@ -49,7 +55,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: gentokens store|headers|apikey [flags]")
+		fmt.Fprintln(os.Stderr, "usage: gentokens store|headers|apikey|open [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -58,12 +64,14 @@ func main() {
 		err = runStore(os.Args[2:])
 	case "headers":
 		err = runHeaders(os.Args[2:])
+	case "open":
+		err = runOpen(os.Args[2:])
 	case "apikey":
 		var key string
 		key, err = randomBase62(72)
 		fmt.Println(key)
 	default:
-		err = fmt.Errorf("unknown command %q (want store, headers or apikey)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (want store, headers, apikey or open)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gentokens:", err)
@@ -158,6 +166,32 @@ func fillSQLStore(kind, path, dsn, realm string, tokens []tokenstore.Token) erro
 		}
 	}
 	return s.Close()
+}
+
+func runOpen(args []string) error {
+	fs := flag.NewFlagSet("open", flag.ExitOnError)
+	path := fs.String("path", "", "store file")
+	fs.Parse(args)
+
+	before := liveHeap()
+	start := time.Now()
+	s, err := tokenstore.OpenFile(*path, nil)
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	after := liveHeap()
+	fmt.Println(elapsed.Milliseconds(), int64(after)-int64(before))
+	// Keep the store reachable until its heap has been counted.
+	return s.Close()
+}
+
+// liveHeap returns the bytes of live heap objects after a collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
 
 func runHeaders(args []string) error {
