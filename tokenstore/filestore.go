@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,8 +87,11 @@ type FileStore struct {
 	writeMu sync.Mutex
 	seen    fileStamp // the file version last read or tried; guarded by writeMu
 	// writeFile replaces the file; writeFileAtomic but in tests, which
-	// count writes. Called with writeMu held.
+	// count writes. Called with writeMu and the file's lock held.
 	writeFile func(path string, data []byte) error
+	// lockWait bounds the wait for another process's write: the
+	// constant lockWait but in tests.
+	lockWait time.Duration
 
 	// useBatch gathers last-use records between writes; it provides
 	// RecordUse.
@@ -120,6 +124,7 @@ func openFile(path string, logger *zap.Logger, pollEvery, flushEvery time.Durati
 		path:       path,
 		logger:     logger,
 		writeFile:  writeFileAtomic,
+		lockWait:   lockWait,
 		pollEvery:  pollEvery,
 		flushEvery: flushEvery,
 		stop:       make(chan struct{}),
@@ -552,13 +557,22 @@ var errNoChange = errors.New("no change")
 
 // update rereads the file, applies change, writes the result atomically
 // and serves it; it returns once the change is on disk and in memory, with
-// the snapshot that serves it. It refuses to write over a file it cannot
-// parse: someone may be halfway through editing it, and their work must
-// not be lost. If change returns errNoChange, nothing is written and the
-// file as read is served (it is what the next poll would load anyway).
+// the snapshot that serves it. It holds the file's lock (filelock.go)
+// from the read to the rename, so that a change made meanwhile by another
+// process is in what it rereads, never overwritten. It refuses to write
+// over a file it cannot parse: someone may be halfway through editing it,
+// and their work must not be lost. If change returns errNoChange, nothing
+// is written and the file as read is served (it is what the next poll
+// would load anyway).
 func (s *FileStore) update(change func(*fileDocument) error) (*fileSnapshot, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	unlock, err := lockFile(lockPath(s.path), s.lockWait)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s.removeLeftoverTemps()
 	doc, stamp, err := readDocument(s.path)
 	if err != nil {
 		return nil, fmt.Errorf("not writing over it: %v", err)
@@ -722,12 +736,43 @@ func statFile(path string) (fileStamp, error) {
 	return fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime()}, nil
 }
 
+// tempPrefix starts the name of writeFileAtomic's temporary files for
+// the file at path.
+func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
+
+// removeLeftoverTemps removes the temporary files of writes that a crash
+// interrupted before their rename. Called with the file's lock held: every
+// writer holds it while its temporary file exists, so any there now is
+// left over. They are harmless but for the space and the old hashes they
+// keep.
+func (s *FileStore) removeLeftoverTemps() {
+	dir := filepath.Dir(s.path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return // the write will report what is wrong with the directory
+	}
+	prefix := tempPrefix(s.path)
+	for _, e := range entries {
+		// os.CreateTemp puts digits where its pattern has "*".
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" {
+			continue
+		}
+		name := filepath.Join(dir, e.Name())
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.logger.Warn("removing a temporary file left by an interrupted write", zap.String("file", name), zap.Error(err))
+			continue
+		}
+		s.logger.Info("removed a temporary file left by an interrupted write", zap.String("file", name))
+	}
+}
+
 // writeFileAtomic replaces path with data, readable by its owner only. It
 // writes a temporary file in the same directory, syncs it and renames it
 // over path, so that a crash leaves either the old file or the new one.
 func writeFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
 		return fmt.Errorf("writing token store file: %v", err)
 	}
