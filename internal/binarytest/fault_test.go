@@ -45,6 +45,7 @@ func TestFaultTwoServersOneFileStore(t *testing.T) {
 		faultStartFileCaddy(t, bin, "b", store, noLockout),
 	}
 	client := loopbackClient()
+	t.Cleanup(client.CloseIdleConnections) // see TestFaultReloadUnderLoad
 
 	const perServer, workers = 25, 5
 	var (
@@ -223,6 +224,10 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 	h.startCaddy(dir, configs[0], siteAddr)
 	site := "http://" + siteAddr + "/"
 	client := loopbackClient()
+	// Before Caddy is stopped: the client may hold a connection it
+	// dialled and never used, which Caddy's graceful stop waits 5 s for
+	// (Go's http.Server treats a new connection as idle only after 5 s).
+	t.Cleanup(client.CloseIdleConnections)
 	from := func(ip string, header ...string) map[string]string {
 		m := map[string]string{"X-Forwarded-For": ip}
 		for i := 0; i+1 < len(header); i += 2 {
