@@ -30,12 +30,14 @@ import (
 const faultWait = 10 * time.Second
 
 // TestFaultTwoServersOneFileStore runs two real Caddy servers on one
-// token file and creates tokens through both admin APIs at once: every
-// token must be in the file, and each server must accept every token once
-// its poll has read the other's writes (issue 6).
+// token file and creates tokens through both admin APIs, and with `caddy
+// api-token create --store file:…`, all at once: every token must be in
+// the file, and each server must accept every token once its poll has
+// read the other writers' changes (issue 6).
 func TestFaultTwoServersOneFileStore(t *testing.T) {
 	bin := caddyBinary(t)
-	store := filepath.Join(t.TempDir(), "tokens.json")
+	dir := t.TempDir()
+	store := filepath.Join(dir, "tokens.json")
 	// Lockout off: until its poll has read the other server's writes, a
 	// server refuses its tokens, and the polls below would get
 	// 127.0.0.1 banned.
@@ -47,13 +49,31 @@ func TestFaultTwoServersOneFileStore(t *testing.T) {
 	client := loopbackClient()
 	t.Cleanup(client.CloseIdleConnections) // see TestFaultReloadUnderLoad
 
-	const perServer, workers = 25, 5
+	const perServer, workers, byCLI = 25, 5, 5
 	var (
 		mu      sync.Mutex
 		created = map[string]tokenView{} // by id
 		owner   = map[string]string{}    // user, by token id
 		wg      sync.WaitGroup
 	)
+	cli := &harness{t: t, caddy: bin, env: childEnv(t, dir)}
+	for i := range byCLI {
+		wg.Go(func() {
+			args := []string{"api-token", "create", "--store", "file:" + store, "--user", "user-cli", "--name", fmt.Sprint("cli-", i), "--json"}
+			stdout, stderr, err := cli.run(nil, args...)
+			var v tokenView
+			if err == nil {
+				err = json.Unmarshal([]byte(stdout), &v)
+			}
+			if err != nil || v.ID == "" || !secretPattern.MatchString(v.Token) {
+				t.Errorf("caddy %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout, stderr)
+				return
+			}
+			mu.Lock()
+			created[v.ID], owner[v.ID] = v, "user-cli"
+			mu.Unlock()
+		})
+	}
 	for _, s := range servers {
 		for w := range workers {
 			wg.Go(func() {
@@ -76,8 +96,8 @@ func TestFaultTwoServersOneFileStore(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	if len(created) != len(servers)*perServer {
-		t.Fatalf("%d distinct tokens created, want %d", len(created), len(servers)*perServer)
+	if want := len(servers)*perServer + byCLI; len(created) != want {
+		t.Fatalf("%d distinct tokens created, want %d", len(created), want)
 	}
 
 	stored := faultStoredTokens(t, store)
