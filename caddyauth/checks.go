@@ -263,10 +263,10 @@ func (h *Handler) findToken(ctx context.Context, secret string, now time.Time) (
 // findImported looks for an imported credential with a slow password hash
 // (bcrypt, argon2id) among the user's: Basic only, where the username
 // narrows the candidates. A verified secret is cached, so the slow hash is
-// paid once. When the user has no such credential, the same slow
-// comparison is spent on a fake hash, so that timing does not tell which
-// users have one; a realm without any slow hash has nothing to hide and
-// pays nothing.
+// paid once. When the user has no such credential, one slow comparison
+// is spent on a hash of the realm with its most common parameters, so
+// that timing does not tell which users have one; a realm without any
+// slow hash has nothing to hide and pays nothing.
 func (h *Handler) findImported(ctx context.Context, user, secret string, now time.Time) (*tokenstore.Token, outcome) {
 	start := h.metrics.start()
 	candidates, err := h.store.LookupBasic(ctx, user)
@@ -275,12 +275,12 @@ func (h *Handler) findImported(ctx context.Context, user, secret string, now tim
 		return nil, lookupFailure(err)
 	}
 	if len(candidates) == 0 {
-		anySlow, err := h.store.HasSlowHashes(ctx)
+		model, err := h.store.SlowHashModel(ctx)
 		if err != nil {
 			return nil, lookupFailure(err)
 		}
-		if anySlow {
-			h.slow.FakeVerify(secret)
+		if model != "" {
+			h.slow.FakeVerify(model, secret)
 		}
 		return nil, invalidToken
 	}

@@ -142,7 +142,7 @@ var requestReads = []readCall{
 	{"LookupUser(nobody)", func(s Store) error { _, err := s.LookupUser(bg, "nobody"); return err }},
 	{"LookupBasic(alice)", func(s Store) error { _, err := s.LookupBasic(bg, "alice"); return err }},
 	{"LookupBasic(nobody)", func(s Store) error { _, err := s.LookupBasic(bg, "nobody"); return err }},
-	{"HasSlowHashes", func(s Store) error { _, err := s.HasSlowHashes(bg); return err }},
+	{"SlowHashModel", func(s Store) error { _, err := s.SlowHashModel(bg); return err }},
 	{"Settings", func(s Store) error { _, err := s.Settings(bg); return err }},
 }
 

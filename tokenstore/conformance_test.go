@@ -209,8 +209,8 @@ func TestConformanceEmpty(t *testing.T) {
 		if users, err := s.ListUsers(bg); len(users) != 0 || err != nil {
 			t.Errorf("ListUsers = %v, %v", users, err)
 		}
-		if slow, err := s.HasSlowHashes(bg); slow || err != nil {
-			t.Errorf("HasSlowHashes = %v, %v", slow, err)
+		if model, err := s.SlowHashModel(bg); model != "" || err != nil {
+			t.Errorf("SlowHashModel = %q, %v", model, err)
 		}
 		if got, err := s.LookupBasic(bg, "alice"); len(got) != 0 || err != nil {
 			t.Errorf("LookupBasic = %v, %v", got, err)
@@ -591,8 +591,8 @@ func TestConformanceSlowHashes(t *testing.T) {
 	forEachBackend(t, false, func(t *testing.T, open opener) {
 		s := open(t, "r")
 		mustCreate(t, s, tokenAt(t, "fast", "alice", baseTime))
-		if slow, err := s.HasSlowHashes(bg); slow || err != nil {
-			t.Errorf("HasSlowHashes with sha256 tokens only = %v, %v", slow, err)
+		if model, err := s.SlowHashModel(bg); model != "" || err != nil {
+			t.Errorf("SlowHashModel with sha256 tokens only = %q, %v", model, err)
 		}
 		mustCreate(t, s,
 			slowToken(t, "bc", "alice", bcryptScheme+bcryptMCF(t, "alice-pw")),
@@ -600,8 +600,10 @@ func TestConformanceSlowHashes(t *testing.T) {
 			slowToken(t, "bob1", "bob", bcryptScheme+bcryptMCF(t, "bob-pw")),
 		)
 		for _, st := range []Store{s, open(t, "r")} {
-			if slow, err := st.HasSlowHashes(bg); !slow || err != nil {
-				t.Errorf("HasSlowHashes = %v, %v; want true", slow, err)
+			// Two bcrypt hashes of cost 4 against one argon2id: the model
+			// is the first bcrypt one.
+			if model, err := st.SlowHashModel(bg); err != nil || !strings.HasPrefix(model, bcryptScheme) {
+				t.Errorf("SlowHashModel = %.20q…, %v; want a bcrypt hash", model, err)
 			}
 			for user, want := range map[string][]string{"alice": {"bc", "ar"}, "bob": {"bob1"}, "carol": nil, "": nil} {
 				got, err := st.LookupBasic(bg, user)
@@ -710,7 +712,7 @@ func TestConformanceRealms(t *testing.T) {
 		if l, _ := two.ListTokens(bg); !slices.Equal(tokenIDs(l), []string{"a", "slow"}) {
 			t.Errorf("two lists %q", tokenIDs(l))
 		}
-		if slow, _ := one.HasSlowHashes(bg); slow {
+		if model, _ := one.SlowHashModel(bg); model != "" {
 			t.Error("one has two's slow hash")
 		}
 		if u, _ := two.LookupUser(bg, "alice"); u != nil {

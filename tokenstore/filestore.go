@@ -59,8 +59,10 @@ type fileSnapshot struct {
 	byID     map[string]*Token   // every token
 	byDigest map[Digest]*Token   // sha256 tokens
 	slow     map[string][]*Token // slow-hash tokens by user, in file order
-	users    map[string]*User
-	settings Settings
+	// slowModel is the SlowHashModel of the slow-hash tokens.
+	slowModel string
+	users     map[string]*User
+	settings  Settings
 }
 
 // fileStamp tells whether the file changed since it was last read.
@@ -186,9 +188,9 @@ func (s *FileStore) Check() error {
 	return nil
 }
 
-// HasSlowHashes implements Store.
-func (s *FileStore) HasSlowHashes(context.Context) (bool, error) {
-	return len(s.current.Load().slow) > 0, nil
+// SlowHashModel implements Store.
+func (s *FileStore) SlowHashModel(context.Context) (string, error) {
+	return s.current.Load().slowModel, nil
 }
 
 // Tokens returns every token, oldest first. For listings, not requests.
@@ -714,6 +716,7 @@ func (doc *fileDocument) snapshot() (*fileSnapshot, error) {
 		}
 		snap.byDigest[c.digest] = &c
 	}
+	snap.slowModel = SlowHashModel(hashesOf(snap.tokens))
 	for name, u := range doc.Users {
 		if u == nil {
 			u = new(User)

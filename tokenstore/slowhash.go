@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
+	"iter"
 	weakrand "math/rand/v2"
 	"runtime"
 	"strconv"
@@ -224,8 +225,6 @@ type SlowVerifier struct {
 
 	// compare does the slow check; a hook so that tests can count calls.
 	compare func(kind hashKind, hash, secret []byte) bool
-	// fakeHash is what FakeVerify compares against (a bcrypt hash).
-	fakeHash []byte
 }
 
 // NewSlowVerifier returns a verifier whose cache holds at most maxEntries
@@ -246,9 +245,6 @@ func (v *SlowVerifier) init() {
 		v.index = make(map[Digest]int)
 		if v.compare == nil {
 			v.compare = slowCompare
-		}
-		if v.fakeHash == nil {
-			v.fakeHash = caddyauth.BcryptHash{}.FakeHash()
 		}
 	})
 }
@@ -297,27 +293,104 @@ func (v *SlowVerifier) Verify(t *Token, secret string) bool {
 	return res.(bool)
 }
 
-// FakeVerify spends the time of one slow check without checking anything.
-// The handler calls it for a Basic request whose username has no
-// slow-hash token (and whose secret matched no sha256 token), instead of
-// answering at once. Without it, the response time would tell an attacker
-// which usernames have imported bcrypt or argon2id credentials, the only
-// ones worth guessing passwords for: a wrong secret would cost a full slow
-// hash for those users and microseconds for everyone else. This is the
-// fake-hash compare that Caddy's basic_auth does for unknown users, with
-// Caddy's own fake bcrypt hash (cost 14, Caddy's default and what `caddy
-// hash-password` writes unless told otherwise), so it matches a real check
-// of such a hash; other costs and argon2id take more or less time. It is
-// never cached, and it waits for a free slot like a real check, so that it
-// also takes as long under load.
+// FakeVerify spends the time of one slow check without deciding
+// anything: it compares secret with model, a slow hash stored in the realm
+// (SlowHashModel picks it), and throws the result away. The handler calls
+// it for a Basic request whose username has no slow-hash token (and whose
+// secret matched no sha256 token), instead of answering at once. Without
+// it, the response time would tell an attacker which usernames have
+// imported bcrypt or argon2id credentials, the only ones worth guessing
+// passwords for: a wrong secret would cost a full slow hash for those
+// users and microseconds for everyone else.
 //
-// It costs a real bcrypt run of CPU: a realm that holds no slow-hash token
-// at all has nothing to hide this way, and its handler need not call it.
-func (v *SlowVerifier) FakeVerify(secret string) {
+// Caddy's basic_auth compares with a fake hash of its default bcrypt cost
+// instead; that matches only realms whose hashes have that cost. A hash of
+// the realm itself has the realm's parameters, so the time matches
+// whatever they are. Its result is never used or cached, so the compare
+// tells no one anything. It waits for a free slot like a real check, so
+// that it also takes as long under load.
+//
+// It costs a real slow hash of CPU: a realm that holds no slow-hash token
+// at all has nothing to hide this way, and its handler does not call it.
+func (v *SlowVerifier) FakeVerify(model, secret string) {
+	kind, hash, ok := splitSlowHash(model)
+	if !ok {
+		return
+	}
 	v.init()
 	v.slots <- struct{}{}
 	defer func() { <-v.slots }()
-	v.compare(kindBcrypt, v.fakeHash, []byte(secret))
+	v.compare(kind, []byte(hash), []byte(secret))
+}
+
+// SlowHashModel picks, among a realm's stored hashes, the slow hash that
+// FakeVerify spends its time on: one whose parameters (bcrypt's cost,
+// argon2id's memory, passes and threads) are the most common among the
+// realm's slow hashes, the first such in the order given, so that an
+// unknown user's attempt costs what most users' attempts cost. It returns
+// "" when no hash is slow.
+func SlowHashModel(hashes iter.Seq[string]) string {
+	type candidate struct {
+		first string
+		n     int
+	}
+	byParams := map[string]*candidate{}
+	var best *candidate
+	for stored := range hashes {
+		params, ok := slowHashParams(stored)
+		if !ok {
+			continue
+		}
+		c := byParams[params]
+		if c == nil {
+			c = &candidate{first: stored}
+			byParams[params] = c
+		}
+		c.n++
+		if best == nil || c.n > best.n {
+			best = c
+		}
+	}
+	if best == nil {
+		return ""
+	}
+	return best.first
+}
+
+// hashesOf yields the stored hashes of tokens.
+func hashesOf(tokens []*Token) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for _, t := range tokens {
+			if !yield(t.Hash) {
+				return
+			}
+		}
+	}
+}
+
+// slowHashParams returns what a slow hash's time depends on, as a
+// comparable string: "bcrypt $NN" or "argon2id m=…,t=…,p=…". ok is false
+// for a hash that is not slow or not well-formed.
+func slowHashParams(stored string) (params string, ok bool) {
+	kind, hash, ok := splitSlowHash(stored)
+	if !ok {
+		return "", false
+	}
+	switch kind {
+	case kindBcrypt:
+		// "$2a$14$…": the variant does not change the work, the cost does.
+		if len(hash) < 7 {
+			return "", false
+		}
+		return "bcrypt " + hash[3:6], true
+	case kindArgon2id:
+		parts := strings.Split(hash, "$")
+		if len(parts) != 6 {
+			return "", false
+		}
+		return "argon2id " + parts[3], true
+	}
+	return "", false
 }
 
 func (v *SlowVerifier) cached(key Digest) bool {

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -337,7 +338,7 @@ func TestSlowVerifierBoundsConcurrency(t *testing.T) {
 	for i := range 3 * limit {
 		wg.Go(func() { v.Verify(&tok, fmt.Sprint("guess", i)) })
 	}
-	wg.Go(func() { v.FakeVerify("guess") })
+	wg.Go(func() { v.FakeVerify(tok.Hash, "guess") })
 	waitFor(t, 5*time.Second, "the first checks to start", func() bool { return running.Load() == int64(limit) })
 	// Give the checks beyond the bound, all ready to go, time to start
 	// if nothing held them back.
@@ -418,8 +419,9 @@ func TestSlowVerifierFakeVerify(t *testing.T) {
 		mu.Unlock()
 		return true // even a "match" must not be cached
 	}
-	v.FakeVerify("pw")
-	v.FakeVerify("pw")
+	model := bcryptScheme + bcryptMCF(t, "pw")
+	v.FakeVerify(model, "pw")
+	v.FakeVerify(model, "pw")
 	if calls.Load() != 2 {
 		t.Errorf("two FakeVerify calls made %d slow compares, want 2 (never cached)", calls.Load())
 	}
@@ -427,15 +429,82 @@ func TestSlowVerifierFakeVerify(t *testing.T) {
 		t.Errorf("FakeVerify cached %d pairs", v.Len())
 	}
 	mu.Lock()
-	defer mu.Unlock()
-	if gotKind != kindBcrypt {
-		t.Errorf("FakeVerify compared a hash of kind %d, want bcrypt", gotKind)
+	if gotKind != kindBcrypt || "bcrypt:"+string(gotHash) != model {
+		t.Errorf("FakeVerify compared kind %d hash %q, want the model %q", gotKind, gotHash, model)
 	}
-	// The fake costs what `caddy hash-password` writes by default.
-	if cost, err := bcrypt.Cost(gotHash); err != nil || cost != 14 {
-		t.Errorf("FakeVerify's hash has bcrypt cost %d (%v), want Caddy's default 14", cost, err)
+	mu.Unlock()
+	v.FakeVerify(HashSecret("pw"), "pw")
+	v.FakeVerify("", "pw")
+	if calls.Load() != 2 {
+		t.Error("FakeVerify compared with a model that is not a slow hash")
 	}
-	if string(gotHash) != string(caddyauth.BcryptHash{}.FakeHash()) {
-		t.Error("FakeVerify does not use Caddy's fake bcrypt hash")
+}
+
+// TestFakeVerifyTakesAsLongAsAWrongSecret measures, with the real
+// comparers, a wrong secret for a user with a bcrypt credential against
+// FakeVerify on the realm's model, for two costs: the medians must be
+// close (logged; asserted loosely, the machines being noisy).
+func TestFakeVerifyTakesAsLongAsAWrongSecret(t *testing.T) {
+	for _, cost := range []int{bcrypt.MinCost, bcrypt.MinCost + 2} {
+		h, err := bcrypt.GenerateFromPassword([]byte("right"), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := slowToken(t, "tok1", "alice", bcryptScheme+string(h))
+		other, err := bcrypt.GenerateFromPassword([]byte("other"), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		model := SlowHashModel(slices.Values([]string{bcryptScheme + string(other)}))
+		v := NewSlowVerifier(0)
+		const rounds = 41
+		var real, fake []time.Duration
+		for i := range rounds {
+			start := time.Now()
+			if v.Verify(&tok, fmt.Sprint("wrong", i)) {
+				t.Fatal("a wrong secret verified")
+			}
+			real = append(real, time.Since(start))
+			start = time.Now()
+			v.FakeVerify(model, fmt.Sprint("wrong", i))
+			fake = append(fake, time.Since(start))
+		}
+		slices.Sort(real)
+		slices.Sort(fake)
+		ratio := float64(fake[rounds/2]) / float64(real[rounds/2])
+		t.Logf("bcrypt cost %d: median %v for a wrong secret, %v for FakeVerify: ratio %.3f", cost, real[rounds/2], fake[rounds/2], ratio)
+		if ratio < 0.67 || ratio > 1.5 {
+			t.Errorf("bcrypt cost %d: FakeVerify takes %.2f times a real check", cost, ratio)
+		}
+	}
+}
+
+func TestSlowHashModel(t *testing.T) {
+	t.Parallel()
+	b4a, b4b := bcryptScheme+bcryptMCF(t, "a"), bcryptScheme+bcryptMCF(t, "b")
+	b5, err := bcrypt.GenerateFromPassword([]byte("c"), bcrypt.MinCost+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1 := argon2idScheme + argon2idPHC("d", testSalt, 64, 1, 1)
+	a2 := argon2idScheme + argon2idPHC("e", testSalt, 64, 2, 1)
+	a2b := argon2idScheme + argon2idPHC("f", testSalt, 64, 2, 1)
+	fast := HashSecret("g")
+	tests := []struct {
+		name   string
+		hashes []string
+		want   string
+	}{
+		{"none", nil, ""},
+		{"only sha256", []string{fast, HashSecret("h")}, ""},
+		{"one", []string{fast, b4a}, b4a},
+		{"most common cost, first of them", []string{bcryptScheme + string(b5), b4a, fast, b4b}, b4a},
+		{"tie: the first", []string{b4a, bcryptScheme + string(b5)}, b4a},
+		{"argon2id parameters", []string{a1, a2, b4a, a2b}, a2},
+	}
+	for _, tt := range tests {
+		if got := SlowHashModel(slices.Values(tt.hashes)); got != tt.want {
+			t.Errorf("%s: SlowHashModel = %.40q…, want %.40q…", tt.name, got, tt.want)
+		}
 	}
 }

@@ -45,7 +45,7 @@ const sqliteTimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 //
 // Opened with a cache TTL (Config.CacheTTL, the handler's cache_ttl),
 // the request path's reads (LookupToken, LookupUser, LookupBasic,
-// HasSlowHashes, Settings) are answered from a cache (see cache.go) and
+// SlowHashModel, Settings) are answered from a cache (see cache.go) and
 // trusted for at most that long. Writes through the store clear the cache
 // at once. Writes by other servers clear it too: a PostgreSQL store
 // LISTENs for the notification every write sends (see sqlwatch.go), and an
@@ -562,23 +562,19 @@ func (s *SQLStore) lookupBasic(ctx context.Context, user string) ([]*Token, erro
 		s.realm, user)
 }
 
-// HasSlowHashes implements Store.
-func (s *SQLStore) HasSlowHashes(ctx context.Context) (bool, error) {
-	return cachedLookup(ctx, s, keySlow, s.hasSlowHashes, func(bool, error) bool { return false })
+// SlowHashModel implements Store.
+func (s *SQLStore) SlowHashModel(ctx context.Context) (string, error) {
+	return cachedLookup(ctx, s, keySlow, s.slowHashModel, func(string, error) bool { return false })
 }
 
-func (s *SQLStore) hasSlowHashes(ctx context.Context) (bool, error) {
+func (s *SQLStore) slowHashModel(ctx context.Context) (string, error) {
 	s.hook()
-	var one int
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT 1 FROM api_token_auth_tokens WHERE realm = ? AND digest IS NULL LIMIT 1`),
-		s.realm).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
+	slow, err := s.queryTokens(ctx, "looking for slow-hash tokens",
+		`SELECT `+tokenColumns+` FROM api_token_auth_tokens WHERE realm = ? AND digest IS NULL ORDER BY seq`, s.realm)
 	if err != nil {
-		return false, s.unavailable("looking for slow-hash tokens", err)
+		return "", err
 	}
-	return true, nil
+	return SlowHashModel(hashesOf(slow)), nil
 }
 
 // ListTokens implements Store.

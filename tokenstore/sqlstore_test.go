@@ -145,8 +145,8 @@ func TestSQLUnavailable(t *testing.T) {
 			"LookupUser":  func() error { _, err := s.LookupUser(bg, "alice"); return err },
 			"Settings":    func() error { _, err := s.Settings(bg); return err },
 			"LookupBasic": func() error { _, err := s.LookupBasic(bg, "alice"); return err },
-			"HasSlowHashes": func() error {
-				_, err := s.HasSlowHashes(bg)
+			"SlowHashModel": func() error {
+				_, err := s.SlowHashModel(bg)
 				return err
 			},
 			"CreateToken":      func() error { return s.CreateToken(bg, next) },

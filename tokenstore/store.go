@@ -54,10 +54,14 @@ type Store interface {
 	// narrows the candidates. The results are shared: do not modify them.
 	LookupBasic(ctx context.Context, user string) ([]*Token, error)
 
-	// HasSlowHashes reports whether any token has a slow password hash.
-	// Without any, a failed Basic attempt has nothing to hide and need not
-	// pay for a fake slow comparison.
-	HasSlowHashes(ctx context.Context) (bool, error)
+	// SlowHashModel returns the stored slow password hash (bcrypt,
+	// argon2id) that a failed Basic attempt for a user without one spends
+	// a comparison with (SlowVerifier.FakeVerify), so that it takes as
+	// long as a known user's: one whose parameters are the most common in
+	// the realm (see the function SlowHashModel). It returns "" when no
+	// token has a slow hash: then a failed attempt has nothing to hide and
+	// pays nothing.
+	SlowHashModel(ctx context.Context) (string, error)
 
 	// The methods below manage the store for the admin API and the CLI.
 	// They are never on the request path. Each returns only once the
