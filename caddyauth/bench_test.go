@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/caddy-apitoken/caddy-apitoken/captcha"
 	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
@@ -283,6 +284,42 @@ func BenchmarkServeHTTP(b *testing.B) {
 			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 			if id, _ := repl.GetString("http.auth.user.id"); id != "alice" {
 				b.Fatalf("{http.auth.user.id} = %q, want alice", id)
+			}
+		})
+	}
+}
+
+// BenchmarkServeHTTPFailure measures the middleware answering a flood of
+// unknown well-formed tokens, lockout off: the decision, the failure
+// headers and body, and the log line's fields (logged to a no-op logger:
+// writing it is the log's own cost, not the handler's).
+func BenchmarkServeHTTPFailure(b *testing.B) {
+	zero := 0
+	for _, n := range benchSizes {
+		store := benchStoreOf(b, n)
+		h := benchProvision(b, store.write(b), fmt.Sprintf("bench-%d-serve-failure", n),
+			&captcha.Config{MaxFailures: &zero, IPMaxFailures: &zero})
+		h.logger = zap.NewNop()
+		unknown, err := tokenstore.GenerateSecret(tokenstore.DefaultPrefix)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("tokens=%d/unknown_token", n), func(b *testing.B) {
+			r, _ := benchRequest(http.MethodGet, "Bearer "+unknown)
+			w := &benchWriter{header: http.Header{}}
+			next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+				b.Fatal("a failure was passed on")
+				return nil
+			})
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(w.header)
+				if err := h.ServeHTTP(w, r, next); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if w.status != http.StatusUnauthorized || len(w.header.Values("WWW-Authenticate")) != 2 {
+				b.Fatalf("status %d, WWW-Authenticate %q: not the failure", w.status, w.header.Values("WWW-Authenticate"))
 			}
 		})
 	}

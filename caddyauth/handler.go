@@ -133,8 +133,13 @@ type Handler struct {
 	testPath     string
 	testEnabled  bool // false when test_endpoint is "off"
 	atlassian    bool
-	logger       *zap.Logger
-	now          func() time.Time
+	// wwwAuthenticate and failureBodies are the parts of failure answers
+	// that depend only on the config, made once: a flood of bad tokens
+	// is answered without building them again for each request.
+	wwwAuthenticate []string
+	failureBodies   [len(outcomes)][]byte
+	logger          *zap.Logger
+	now             func() time.Time
 }
 
 // CaddyModule returns the Caddy module information.
@@ -162,6 +167,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.CacheTTL = caddy.Duration(DefaultCacheTTL)
 	}
 	h.atlassian = h.AtlassianHeaders == nil || *h.AtlassianHeaders
+	h.wwwAuthenticate = []string{`Basic realm="` + h.Realm + `"`, `Bearer realm="` + h.Realm + `"`}
+	for o := range outcomes {
+		// The details that name an address, a header or a method are
+		// encoded per request.
+		h.failureBodies[o] = messageBody(verdict{outcome: outcome(o)}.detail())
+	}
 	switch h.TestEndpoint {
 	case "":
 		h.testPath, h.testEnabled = DefaultTestEndpoint, true

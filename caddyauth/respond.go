@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 )
 
@@ -58,14 +59,25 @@ func (h *Handler) writeFailure(w http.ResponseWriter, r *http.Request, v verdict
 	status := v.outcome.info().status
 	switch status {
 	case http.StatusUnauthorized:
-		hdr.Add("WWW-Authenticate", `Basic realm="`+h.Realm+`"`)
-		hdr.Add("WWW-Authenticate", `Bearer realm="`+h.Realm+`"`)
+		// A copy: a later handler may rewrite header values in place.
+		hdr["Www-Authenticate"] = slices.Clone(h.wwwAuthenticate)
 	case http.StatusTooManyRequests:
 		hdr.Set("Retry-After", strconv.Itoa(int(math.Ceil(v.retryAfter.Seconds()))))
 	}
-	writeJSON(w, status, struct {
+	body := h.failureBodies[v.outcome]
+	if v.detailArg != "" {
+		body = messageBody(v.detail())
+	}
+	writeBody(w, status, body)
+}
+
+// messageBody is a failure's body on a protected route:
+// {"message": "<detail>"}.
+func messageBody(detail string) []byte {
+	data, _ := json.Marshal(struct {
 		Message string `json:"message"`
-	}{v.detail()})
+	}{detail}) // a struct of one string always encodes
+	return data
 }
 
 // testEndpointAnswer is the test endpoint's body; exactly one form is used.
@@ -120,6 +132,11 @@ func writeJSON(w http.ResponseWriter, status int, body any) {
 		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
 		return
 	}
+	writeBody(w, status, data)
+}
+
+// writeBody answers with data, a JSON document.
+func writeBody(w http.ResponseWriter, status int, data []byte) {
 	w.Header().Set("Content-Type", contentTypeJSON)
 	w.WriteHeader(status)
 	_, _ = w.Write(data)
