@@ -1,6 +1,7 @@
 package tokenstore
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -34,6 +37,14 @@ const (
 	defaultFlushEvery = 5 * time.Second
 )
 
+// flushSpacing keeps the last-use writes to a small share of the time: a
+// write rewrites the whole file, which for 100,000 tokens (20 MB) takes a
+// good fraction of a second, so the next one waits at least flushSpacing
+// times as long as the last one took (with defaultFlushEvery as the
+// floor). A large store's last_used is then that much older on disk;
+// it is informational, and a use is never lost, only written later.
+const flushSpacing = 20
+
 // racyStampWindow: two versions of the file written within the file
 // system's timestamp granularity (a clock tick, or up to 2 s on some file
 // systems) can have the same size and modification time. While the
@@ -50,6 +61,11 @@ type fileDocument struct {
 	Tokens []*Token `json:"tokens"`
 	// Settings shared by every server that uses this file.
 	Settings Settings `json:"settings,omitzero"`
+
+	// shared is the snapshot that serves this document's tokens, if any:
+	// requests read those, so a change copies a token before it writes
+	// to it (see edit).
+	shared *fileSnapshot
 }
 
 // fileSnapshot is one consistent, read-only view of the file, indexed for
@@ -88,9 +104,15 @@ type FileStore struct {
 	// The request path never takes it.
 	writeMu sync.Mutex
 	seen    fileStamp // the file version last read or tried; guarded by writeMu
-	// writeFile replaces the file; writeFileAtomic but in tests, which
-	// count writes. Called with writeMu and the file's lock held.
-	writeFile func(path string, data []byte) error
+	// served is the SHA-256 of the file contents that current holds
+	// (zero for none: a missing file); guarded by writeMu. A write
+	// whose reread finds these contents uses current instead of decoding
+	// the file again.
+	served Digest
+	// writeFile replaces the file with what encode writes; writeFileAtomic
+	// but in tests, which count writes. Called with writeMu and the
+	// file's lock held.
+	writeFile func(path string, encode func(io.Writer) error) error
 	// lockWait bounds the wait for another process's write: the
 	// constant lockWait but in tests.
 	lockWait time.Duration
@@ -144,6 +166,7 @@ func openFile(path string, logger *zap.Logger, pollEvery, flushEvery time.Durati
 		logger.Info("token store file does not exist yet; starting with no tokens", zap.String("file", path))
 	}
 	s.seen = stamp
+	s.served = stamp.sum
 	s.current.Store(snap)
 	go s.loop()
 	return s, nil
@@ -230,14 +253,27 @@ func tokenNotFound(id string) error {
 	return fmt.Errorf("token %s: %w", id, ErrNotFound)
 }
 
-// findToken returns the document's token id.
-func (doc *fileDocument) findToken(id string) (*Token, error) {
-	for _, t := range doc.Tokens {
+// findToken returns the index of the document's token id.
+func (doc *fileDocument) findToken(id string) (int, error) {
+	for i, t := range doc.Tokens {
 		if t.ID == id {
-			return t, nil
+			return i, nil
 		}
 	}
-	return nil, tokenNotFound(id)
+	return -1, tokenNotFound(id)
+}
+
+// edit returns doc.Tokens[i] for a change to write to: a token that the
+// serving snapshot shares is replaced by a copy first, since requests
+// read it without a lock.
+func (doc *fileDocument) edit(i int) *Token {
+	t := doc.Tokens[i]
+	if doc.shared != nil && doc.shared.byID[t.ID] == t {
+		c := t.clone()
+		t = &c
+		doc.Tokens[i] = t
+	}
+	return t
 }
 
 // revoke marks t revoked at at unless it already is by then (a revocation
@@ -257,11 +293,11 @@ func (s *FileStore) RevokeToken(ctx context.Context, id string, at time.Time) (T
 		return Token{}, err
 	}
 	snap, err := s.update(func(doc *fileDocument) error {
-		t, err := doc.findToken(id)
+		i, err := doc.findToken(id)
 		if err != nil {
 			return err
 		}
-		if !revoke(t, at) {
+		if !revoke(doc.edit(i), at) {
 			return errNoChange
 		}
 		return nil
@@ -280,8 +316,8 @@ func (s *FileStore) RevokeUserTokens(ctx context.Context, user string, at time.T
 	}
 	var n int
 	_, err := s.update(func(doc *fileDocument) error {
-		for _, t := range doc.Tokens {
-			if t.User == user && revoke(t, at) {
+		for i, t := range doc.Tokens {
+			if t.User == user && revoke(doc.edit(i), at) {
 				n++
 			}
 		}
@@ -307,13 +343,14 @@ func (s *FileStore) RotateToken(ctx context.Context, id string, next Token, oldE
 		return Token{}, invalidError{err}
 	}
 	snap, err := s.update(func(doc *fileDocument) error {
-		old, err := doc.findToken(id)
+		i, err := doc.findToken(id)
 		if err != nil {
 			return err
 		}
 		if err := doc.checkNewID(next.ID); err != nil {
 			return err
 		}
+		old := doc.edit(i)
 		if old.Expires == nil || oldExpires.Before(*old.Expires) {
 			at := oldExpires.UTC()
 			old.Expires = &at
@@ -435,14 +472,19 @@ func (s *FileStore) loop() {
 	defer poll.Stop()
 	flush := time.NewTicker(s.flushEvery)
 	defer flush.Stop()
+	var nextFlush time.Time
 	for {
 		select {
 		case <-s.stop:
 			return
 		case <-poll.C:
 			s.reloadIfChanged()
-		case <-flush.C:
+		case now := <-flush.C:
+			if now.Before(nextFlush) {
+				continue
+			}
 			s.flushUses()
+			nextFlush = now.Add(flushSpacing * time.Since(now))
 		}
 	}
 }
@@ -463,14 +505,22 @@ func (s *FileStore) reloadIfChanged() {
 	if stat == s.seen && (!stat.exists || time.Since(stat.modTime) > racyStampWindow) {
 		return
 	}
-	// Compare the contents before decoding them: in the seconds after
-	// each write (the last-use flush's too) this runs every poll, and a
-	// large file must not be decoded again when nothing changed.
-	data, stamp, err := readStoreFile(s.path)
+	// Compare the contents before reading them into memory: in the
+	// seconds after each write (the last-use flush's too) this runs every
+	// poll, and a large file must not be decoded again when nothing
+	// changed.
+	stamp, err := hashStoreFile(s.path)
 	if stamp == s.seen {
 		return
 	}
 	s.seen = stamp
+	var data []byte
+	if err == nil && stamp.exists {
+		// What is decoded is what counts: the file may have changed
+		// since it was hashed.
+		data, stamp, err = readStoreFile(s.path)
+		s.seen = stamp
+	}
 	if err == nil && !stamp.exists {
 		s.logger.Error("token store file disappeared; still serving its last good contents", zap.String("file", s.path))
 		return
@@ -489,6 +539,7 @@ func (s *FileStore) reloadIfChanged() {
 			zap.String("file", s.path), zap.Error(err))
 		return
 	}
+	s.served = stamp.sum
 	s.current.Store(snap)
 	s.logger.Info("token store file reloaded", zap.String("file", s.path), zap.Int("tokens", len(snap.tokens)))
 }
@@ -501,9 +552,9 @@ func (s *FileStore) flushUses() {
 		return
 	}
 	_, err := s.update(func(doc *fileDocument) error {
-		for _, t := range doc.Tokens {
+		for i, t := range doc.Tokens {
 			if u, ok := uses[t.ID]; ok {
-				u.applyTo(t)
+				u.applyTo(doc.edit(i))
 			}
 		}
 		return nil
@@ -575,22 +626,17 @@ func (s *FileStore) update(change func(*fileDocument) error) (*fileSnapshot, err
 	}
 	defer unlock()
 	s.removeLeftoverTemps()
-	doc, stamp, err := readDocument(s.path)
+	doc, stamp, err := s.reread()
 	if err != nil {
-		return nil, fmt.Errorf("not writing over it: %v", err)
-	}
-	// Validate before change runs: change may assume every token is there
-	// (a "null" entry would otherwise crash it).
-	current, err := doc.snapshot()
-	if err != nil {
-		return nil, fmt.Errorf("not writing over it: token store file %s: %v", s.path, err)
+		return nil, err
 	}
 	if err := change(doc); errors.Is(err, errNoChange) {
 		if stamp.exists {
 			s.seen = stamp
-			s.current.Store(current)
+			s.served = stamp.sum
+			s.current.Store(doc.shared)
 		}
-		return current, nil
+		return doc.shared, nil
 	} else if err != nil {
 		return nil, err
 	}
@@ -598,20 +644,121 @@ func (s *FileStore) update(change func(*fileDocument) error) (*fileSnapshot, err
 	if err != nil {
 		return nil, err
 	}
-	data, err := json.MarshalIndent(doc, "", "  ")
+	// The file is encoded straight into the temporary file, and hashed on
+	// the way for the next poll: a large store is never held in memory as
+	// one buffer.
+	sum := sha256.New()
+	err = s.writeFile(s.path, func(w io.Writer) error {
+		sum.Reset()
+		return doc.encode(io.MultiWriter(w, sum))
+	})
 	if err != nil {
-		return nil, fmt.Errorf("encoding token store: %v", err)
-	}
-	data = append(data, '\n')
-	if err := s.writeFile(s.path, data); err != nil {
 		return nil, err
 	}
 	if s.seen, err = statFile(s.path); err != nil {
 		return nil, err
 	}
-	s.seen.sum = sha256.Sum256(data)
+	sum.Sum(s.seen.sum[:0])
+	s.served = s.seen.sum
 	s.current.Store(snap)
 	return snap, nil
+}
+
+// reread reads the file for update, with its lock held, and returns it
+// as a document whose shared snapshot has checked it, and the stamp of
+// what it read. When the file holds exactly the contents that the store
+// serves (it is unchanged since this process last loaded or wrote it:
+// same SHA-256), the document is made from the serving snapshot, sharing
+// its tokens, instead of decoding the file again: for a large store that
+// is most of a last-use write's cost.
+func (s *FileStore) reread() (*fileDocument, fileStamp, error) {
+	stamp, err := hashStoreFile(s.path)
+	if err != nil {
+		return nil, stamp, fmt.Errorf("not writing over it: %v", err)
+	}
+	if stamp.exists && stamp.sum == s.served {
+		return s.current.Load().document(), stamp, nil
+	}
+	doc, stamp, err := readDocument(s.path)
+	if err != nil {
+		return nil, stamp, fmt.Errorf("not writing over it: %v", err)
+	}
+	// Check before change runs: change may assume every token is there
+	// (a "null" entry would otherwise crash it).
+	snap, err := doc.snapshot()
+	if err != nil {
+		return nil, stamp, fmt.Errorf("not writing over it: token store file %s: %v", s.path, err)
+	}
+	doc.shared = snap
+	return doc, stamp, nil
+}
+
+// document returns the snapshot as a document to change, sharing its
+// tokens and users (see fileDocument.edit).
+func (snap *fileSnapshot) document() *fileDocument {
+	return &fileDocument{
+		Version:  fileFormatVersion,
+		Users:    maps.Clone(snap.users),
+		Tokens:   slices.Clone(snap.tokens),
+		Settings: snap.settings.clone(),
+		shared:   snap,
+	}
+}
+
+// encode writes the document as json.MarshalIndent(doc, "", "  ") would,
+// followed by a newline, but one token at a time, so that a large store is
+// never one buffer in memory.
+func (doc *fileDocument) encode(w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	// value writes v as MarshalIndent would at nesting depth level (each
+	// line but the first indented by prefix), without the encoder's
+	// final newline.
+	value := func(v any, prefix string) error {
+		buf.Reset()
+		enc.SetIndent(prefix, "  ")
+		if err := enc.Encode(v); err != nil {
+			return fmt.Errorf("encoding token store: %v", err)
+		}
+		_, err := bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+		return err
+	}
+	fmt.Fprintf(bw, "{\n  \"version\": %d", doc.Version)
+	if len(doc.Users) > 0 {
+		bw.WriteString(",\n  \"users\": ")
+		if err := value(doc.Users, "  "); err != nil {
+			return err
+		}
+	}
+	bw.WriteString(",\n  \"tokens\": ")
+	switch {
+	case doc.Tokens == nil:
+		bw.WriteString("null")
+	case len(doc.Tokens) == 0:
+		bw.WriteString("[]")
+	default:
+		bw.WriteString("[")
+		for i, t := range doc.Tokens {
+			if i > 0 {
+				bw.WriteString(",")
+			}
+			bw.WriteString("\n    ")
+			if err := value(t, "    "); err != nil {
+				return err
+			}
+		}
+		bw.WriteString("\n  ]")
+	}
+	// As the settings' omitzero tag says.
+	if !reflect.ValueOf(doc.Settings).IsZero() {
+		bw.WriteString(",\n  \"settings\": ")
+		if err := value(doc.Settings, "  "); err != nil {
+			return err
+		}
+	}
+	bw.WriteString("\n}\n")
+	return bw.Flush()
 }
 
 // readDocument reads and decodes the store file, and returns the stamp of
@@ -650,11 +797,38 @@ func readStoreFile(path string) ([]byte, fileStamp, error) {
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
 	}
-	data, err := io.ReadAll(f)
-	if err != nil {
+	// Sized from the stat, so that a large file is not read through
+	// ever-doubling buffers; a file that grew meanwhile is read whole.
+	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
+	if _, err := buf.ReadFrom(f); err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
 	}
+	data := buf.Bytes()
 	return data, fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime(), sum: sha256.Sum256(data)}, nil
+}
+
+// hashStoreFile stamps the store file as readStoreFile does, without
+// keeping its contents: they are hashed as they are read.
+func hashStoreFile(path string) (fileStamp, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileStamp{}, nil
+	}
+	if err != nil {
+		return fileStamp{}, fmt.Errorf("reading token store file: %v", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fileStamp{}, fmt.Errorf("reading token store file: %v", err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fileStamp{}, fmt.Errorf("reading token store file: %v", err)
+	}
+	stamp := fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime()}
+	h.Sum(stamp.sum[:0])
+	return stamp, nil
 }
 
 func decodeDocument(data []byte) (*fileDocument, error) {
@@ -680,6 +854,10 @@ func decodeDocument(data []byte) (*fileDocument, error) {
 }
 
 // snapshot validates the document and indexes it for the request path.
+// The snapshot takes the document's tokens and users as they are, without
+// a copy: from now on the document must change them only through edit
+// (update sets doc.shared to the snapshot that checked it). Tokens and
+// users that doc.shared serves are checked already and are not touched.
 func (doc *fileDocument) snapshot() (*fileSnapshot, error) {
 	snap := &fileSnapshot{
 		tokens:   make([]*Token, 0, len(doc.Tokens)),
@@ -689,35 +867,52 @@ func (doc *fileDocument) snapshot() (*fileSnapshot, error) {
 		users:    make(map[string]*User, len(doc.Users)),
 		settings: doc.Settings.clone(),
 	}
+	shared := doc.shared
+	// Decoding gives every token its own copy of its user's name and its
+	// scope; one copy each is enough.
+	names := make(map[string]string)
 	for i, t := range doc.Tokens {
 		if t == nil {
 			return nil, fmt.Errorf("tokens[%d] is null", i)
 		}
-		// Index a deep copy, so that a later change to the document (a
-		// flush updating last_used, a revocation) never races with
-		// requests reading this one.
-		c := t.clone()
-		if err := c.Prepare(); err != nil {
-			return nil, fmt.Errorf("tokens[%d]: %v", i, err)
+		if shared == nil || shared.byID[t.ID] != t {
+			if err := t.Prepare(); err != nil {
+				return nil, fmt.Errorf("tokens[%d]: %v", i, err)
+			}
+			if name, ok := names[t.User]; ok {
+				t.User = name
+			} else {
+				names[t.User] = t.User
+			}
+			switch t.Scope {
+			case ScopeReadOnly:
+				t.Scope = ScopeReadOnly
+			case ScopeReadWrite:
+				t.Scope = ScopeReadWrite
+			}
 		}
-		if _, dup := snap.byID[c.ID]; dup {
-			return nil, fmt.Errorf("tokens[%d]: duplicate token id %s", i, c.ID)
+		if _, dup := snap.byID[t.ID]; dup {
+			return nil, fmt.Errorf("tokens[%d]: duplicate token id %s", i, t.ID)
 		}
-		snap.tokens = append(snap.tokens, &c)
-		snap.byID[c.ID] = &c
-		if c.kind != kindSHA256 {
+		snap.tokens = append(snap.tokens, t)
+		snap.byID[t.ID] = t
+		if t.kind != kindSHA256 {
 			// A slow hash is salted: it has no digest to index by, and
 			// two equal secrets have different hashes anyway.
-			snap.slow[c.User] = append(snap.slow[c.User], &c)
+			snap.slow[t.User] = append(snap.slow[t.User], t)
 			continue
 		}
-		if _, dup := snap.byDigest[c.digest]; dup {
-			return nil, fmt.Errorf("tokens[%d]: token %s has the same hash as another token", i, c.ID)
+		if _, dup := snap.byDigest[t.digest]; dup {
+			return nil, fmt.Errorf("tokens[%d]: token %s has the same hash as another token", i, t.ID)
 		}
-		snap.byDigest[c.digest] = &c
+		snap.byDigest[t.digest] = t
 	}
 	snap.slowModel = SlowHashModel(hashesOf(snap.tokens))
 	for name, u := range doc.Users {
+		if shared != nil && u != nil && shared.users[name] == u {
+			snap.users[name] = u
+			continue
+		}
 		if u == nil {
 			u = new(User)
 		}
@@ -770,10 +965,11 @@ func (s *FileStore) removeLeftoverTemps() {
 	}
 }
 
-// writeFileAtomic replaces path with data, readable by its owner only. It
-// writes a temporary file in the same directory, syncs it and renames it
-// over path, so that a crash leaves either the old file or the new one.
-func writeFileAtomic(path string, data []byte) error {
+// writeFileAtomic replaces path with what encode writes, readable by its
+// owner only. It writes a temporary file in the same directory, syncs it
+// and renames it over path, so that a crash leaves either the old file or
+// the new one.
+func writeFileAtomic(path string, encode func(io.Writer) error) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
@@ -784,7 +980,7 @@ func writeFileAtomic(path string, data []byte) error {
 		tmp.Close()
 		return fmt.Errorf("writing token store file: %v", err)
 	}
-	if _, err := tmp.Write(data); err != nil {
+	if err := encode(tmp); err != nil {
 		tmp.Close()
 		return fmt.Errorf("writing token store file: %v", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,14 +29,21 @@ func countWrites(s *FileStore) *writeCounter {
 	c := new(writeCounter)
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	s.writeFile = func(path string, data []byte) error {
+	s.writeFile = func(path string, encode func(io.Writer) error) error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.fail != nil {
 			return c.fail
 		}
-		c.writes = append(c.writes, slices.Clone(data))
-		return writeFileAtomic(path, data)
+		var data bytes.Buffer
+		if err := encode(&data); err != nil {
+			return err
+		}
+		c.writes = append(c.writes, data.Bytes())
+		return writeFileAtomic(path, func(w io.Writer) error {
+			_, err := w.Write(data.Bytes())
+			return err
+		})
 	}
 	return c
 }
@@ -806,4 +815,102 @@ func TestAcquireRefusesCorruptFileOfOpenStore(t *testing.T) {
 		t.Error("a second Acquire opened a new store instead of sharing")
 	}
 	Release(cfg)
+}
+
+// The store writes its file a token at a time (encode), but the file must
+// stay what json.MarshalIndent made of the whole document: the format, and
+// the diffs of those who keep the file in version control.
+func TestFileEncodeMatchesMarshalIndent(t *testing.T) {
+	t.Parallel()
+	off := false
+	full := validToken("full", "alice")
+	full.Name = "<ci> & \"deploy\""
+	full.Expires = ptr(time.Date(2027, 1, 2, 3, 4, 5, 0, time.UTC))
+	full.Revoked = ptr(time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC))
+	full.AllowedIPs = []string{"10.0.0.0/8", "::1"}
+	full.RequiredHeaders = map[string]string{"X-Team": "blue", "X-Env": "prod"}
+	full.LastUsed = ptr(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))
+	full.LastIPs = []string{"10.1.2.3"}
+	plain := validToken("plain", "bob")
+	for name, doc := range map[string]fileDocument{
+		"empty":     {Version: 1},
+		"no tokens": {Version: 1, Tokens: []*Token{}},
+		"null user": {Version: 1, Users: map[string]*User{"carol": nil}},
+		"everything": {
+			Version:  1,
+			Users:    map[string]*User{"alice": {Groups: []string{"dev", "ops"}}, "bob": {Disabled: true}},
+			Tokens:   []*Token{&full, &plain},
+			Settings: Settings{TestEndpointEnabled: &off},
+		},
+	} {
+		want, err := json.MarshalIndent(&doc, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, '\n')
+		var got bytes.Buffer
+		if err := doc.encode(&got); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(got.Bytes(), want) {
+			t.Errorf("%s: encode wrote\n%s\nwant (json.MarshalIndent)\n%s", name, got.Bytes(), want)
+		}
+	}
+}
+
+// A write whose reread finds the file as the store last wrote it works on
+// the serving snapshot instead of decoding the file again. The tokens it
+// changes must be copies: requests read the snapshot's without a lock.
+func TestFileWriteCopiesSharedTokens(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	a, b := tokenAt(t, "a", "alice", baseTime), tokenAt(t, "b", "bob", baseTime)
+	writeDoc(t, path, fileDocument{Tokens: []*Token{&a, &b}})
+	s := reopen(t, path)
+	// A first write, so that the file is the store's own.
+	if err := s.PutUser(context.Background(), "alice", User{Groups: []string{"dev"}}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.current.Load()
+	s.RecordUse("a", baseTime.Add(time.Hour), netip.MustParseAddr("192.0.2.7"))
+	s.flushUses()
+	after := s.current.Load()
+	if before.byID["a"].LastUsed != nil {
+		t.Error("the flush changed the token of the snapshot that requests were reading")
+	}
+	if got := after.byID["a"]; got.LastUsed == nil || !got.LastUsed.Equal(baseTime.Add(time.Hour)) {
+		t.Errorf("after the flush, token a's last use is %v", got.LastUsed)
+	}
+	if after.byID["b"] != before.byID["b"] {
+		t.Error("the flush copied token b, which it did not change")
+	}
+	if after.users["alice"] != before.users["alice"] || after.users["alice"].JoinedGroups() != "dev" {
+		t.Error("the flush did not keep user alice as it was")
+	}
+	// What is on disk is what a fresh open reads.
+	if got, err := reopen(t, path).GetToken(context.Background(), "a"); err != nil || got.LastUsed == nil ||
+		!slices.Equal(got.LastIPs, []string{"192.0.2.7"}) {
+		t.Errorf("reopened: token a = %+v, %v", got, err)
+	}
+}
+
+// The poll saw a corrupt file and kept serving the last good contents: a
+// write must not take those contents for the file's and write over it.
+func TestFileWriteAfterCorruptPoll(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	a := tokenAt(t, "a", "alice", baseTime)
+	writeDoc(t, path, fileDocument{Tokens: []*Token{&a}})
+	s := reopen(t, path)
+	corrupt := []byte(`{"version": 1, "tokens": [`)
+	if err := os.WriteFile(path, corrupt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.reloadIfChanged()
+	if err := s.CreateToken(context.Background(), tokenAt(t, "b", "alice", baseTime)); err == nil {
+		t.Fatal("CreateToken wrote over a corrupt file")
+	}
+	if got := readFile(t, path); !bytes.Equal(got, corrupt) {
+		t.Errorf("the corrupt file was changed to\n%s", got)
+	}
 }
