@@ -914,3 +914,24 @@ func TestFileWriteAfterCorruptPoll(t *testing.T) {
 		t.Errorf("the corrupt file was changed to\n%s", got)
 	}
 }
+
+// Check reports the file as a fresh open would, whatever the store serves.
+func TestFileCheck(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "tokens.json")
+	a := tokenAt(t, "a", "alice", baseTime)
+	writeDoc(t, path, fileDocument{Tokens: []*Token{&a}})
+	good := readFile(t, path)
+	s := reopen(t, path)
+	if err := s.Check(); err != nil {
+		t.Fatalf("Check of the loaded file: %v", err)
+	}
+	replaceFile(t, path, []byte(`{"version": 1, "tokens": [`))
+	if err := s.Check(); err == nil || !strings.Contains(err.Error(), "invalid JSON") {
+		t.Fatalf("Check of a corrupt file: %v", err)
+	}
+	replaceFile(t, path, good)
+	if err := s.Check(); err != nil {
+		t.Fatalf("Check of the loaded contents again: %v", err)
+	}
+}
