@@ -7,20 +7,22 @@
 #
 # It builds one Caddy with this plugin and caddy-security (bench/xcaddy-bench.json),
 # starts it pinned to CPU 0, and runs wrk pinned to CPU 1. Every round
-# loads each config in turn into that one Caddy (admin API /load) and runs
-# wrk against it, so that slow drifts of a shared machine hit every config
-# alike; each config is compared with the baseline of its own round. For
+# loads each config in turn into that one Caddy (admin API /load), each
+# right after a run of the baseline, and runs wrk against it: each config
+# is compared with the baseline run just before it, so that the changing
+# load of a shared machine hits both sides of every ratio alike. For
 # each run it reads Caddy's CPU time from /proc/<pid>/stat, and the wrk
 # script (bench/wrk/bench.lua) counts the status codes, so the report shows
 # that each config took the path it claims to measure. A second part times
 # Caddy's start with a 100,000-token file store and the memory it adds.
 # At the end it prints a Markdown report (see BENCHMARKS.md). With the
-# defaults a run takes about 12 minutes on 2 cores; a smoke run
+# defaults a run takes about 15 minutes on 2 cores; a smoke run
 # (ROUNDS=1 DURATION=2s WARMUP=1s LOAD_TOKENS=10000) about 2.
 #
 # Environment:
-#   ROUNDS=3            rounds (every config once per round)
-#   DURATION=10s        each measured wrk run (wrk syntax: 10s, 1m)
+#   ROUNDS=3            rounds (every config once per round, each after
+#                       a baseline run of its own)
+#   DURATION=5s         each measured wrk run (wrk syntax: 10s, 1m)
 #   WARMUP=2s           unmeasured wrk run before each measured one: fills
 #                       caches, starts the ban of the ban config
 #   CONNECTIONS=32      wrk connections (one wrk thread)
@@ -62,7 +64,7 @@ repo_root=$PWD
 source scripts/lib.sh
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-32}
 PEERS=${PEERS:-on}
@@ -361,28 +363,42 @@ start_caddy "$BENCH_CONF/baseline.caddyfile"
 wait_admin
 log "Caddy $("$caddy" version | cut -d' ' -f1), pid $caddy_pid; ${#configs[@]} configs x $ROUNDS rounds of $DURATION"
 
+# measure runs config $2 (an entry of configs) and appends its row to the
+# results, under the pair key $1.
+measure() {
+	local pair=$1 name caddyfile creds expect before line after requests duration_us p99_us errors statuses rps cpu_us
+	IFS='|' read -r name caddyfile creds expect <<<"$2"
+	set_credentials "$creds"
+	wait_idle
+	load_config "$caddyfile"
+	run_wrk "$WARMUP" >/dev/null
+	: >"$tmp/caddy.log" # floods log a line per failure; keep one run's worth
+	before=$(cpu_ticks)
+	line=$(run_wrk "$DURATION")
+	after=$(cpu_ticks)
+	requests=$(field "$line" requests)
+	duration_us=$(field "$line" duration_us)
+	p99_us=$(field "$line" p99_us)
+	errors=$(field "$line" errors)
+	statuses=$(field "$line" statuses)
+	rps=$(awk -v n="$requests" -v us="$duration_us" 'BEGIN { printf "%.1f", n / (us / 1e6) }')
+	# No request done (bcrypt under a short DURATION): CPU per request
+	# is undefined; -1 shows as such in the report.
+	cpu_us=$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.2f", n ? t * 1e6 / hz / n : -1 }')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pair" "$name" "$rps" "$p99_us" "$cpu_us" "$expect" "$statuses" "$errors" >>"$results"
+	log "pair $pair $name: $rps req/s, p99 ${p99_us} µs, $cpu_us CPU µs/req, statuses $statuses, errors $errors"
+}
+
+# Each config runs right after a baseline run of its own, and is compared
+# with it: on a shared machine the load of the moment changes within a
+# round, and a baseline minutes away would measure another machine.
 for round in $(seq "$ROUNDS"); do
-	for c in "${configs[@]}"; do
-		IFS='|' read -r name caddyfile creds expect <<<"$c"
-		set_credentials "$creds"
-		wait_idle
-		load_config "$caddyfile"
-		run_wrk "$WARMUP" >/dev/null
-		: >"$tmp/caddy.log" # floods log a line per failure; keep one run's worth
-		before=$(cpu_ticks)
-		line=$(run_wrk "$DURATION")
-		after=$(cpu_ticks)
-		requests=$(field "$line" requests)
-		duration_us=$(field "$line" duration_us)
-		p99_us=$(field "$line" p99_us)
-		errors=$(field "$line" errors)
-		statuses=$(field "$line" statuses)
-		rps=$(awk -v n="$requests" -v us="$duration_us" 'BEGIN { printf "%.1f", n / (us / 1e6) }')
-		# No request done (bcrypt under a short DURATION): CPU per request
-		# is undefined; -1 shows as such in the report.
-		cpu_us=$(awk -v t=$((after - before)) -v hz="$clk_tck" -v n="$requests" 'BEGIN { printf "%.2f", n ? t * 1e6 / hz / n : -1 }')
-		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$name" "$rps" "$p99_us" "$cpu_us" "$expect" "$statuses" "$errors" >>"$results"
-		log "round $round $name: $rps req/s, p99 ${p99_us} µs, $cpu_us CPU µs/req, statuses $statuses, errors $errors"
+	if [ ${#configs[@]} -eq 1 ]; then
+		measure "$round-0" "${configs[0]}"
+	fi
+	for i in $(seq 1 $((${#configs[@]} - 1))); do
+		measure "$round-$i" "${configs[0]}"
+		measure "$round-$i" "${configs[$i]}"
 	done
 done
 
@@ -540,7 +556,7 @@ report=$tmp/report.md
 		}
 	}' "$results"
 	echo
-	echo "Ratios and extra CPU are medians of per-round values, each against the baseline of the same round."
+	echo "Ratios and extra CPU are medians over the rounds of each run against the baseline run just before it."
 	echo
 	echo "Start-up and memory, file store (Caddy pinned to CPU 0):"
 	echo
