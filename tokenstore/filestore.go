@@ -522,26 +522,20 @@ func (s *FileStore) reloadIfChanged() {
 	if stamp == s.seen {
 		return
 	}
-	s.seen = stamp
-	var data []byte
+	var doc *fileDocument
 	if err == nil && stamp.exists {
 		// What is decoded is what counts: the file may have changed
 		// since it was hashed.
-		data, stamp, err = readStoreFile(s.path)
-		s.seen = stamp
+		doc, stamp, err = readDocument(s.path)
 	}
+	s.seen = stamp
 	if err == nil && !stamp.exists {
 		s.logger.Error("token store file disappeared; still serving its last good contents", zap.String("file", s.path))
 		return
 	}
 	var snap *fileSnapshot
 	if err == nil {
-		var doc *fileDocument
-		if doc, err = decodeDocument(data); err != nil {
-			err = fmt.Errorf("token store file %s: %v", s.path, err)
-		} else {
-			snap, err = doc.snapshot()
-		}
+		snap, err = doc.snapshot()
 	}
 	if err != nil {
 		s.logger.Error("token store file not loaded; still serving its last good contents",
@@ -771,32 +765,14 @@ func (doc *fileDocument) encode(w io.Writer) error {
 }
 
 // readDocument reads and decodes the store file, and returns the stamp of
-// the version it read (also when that does not decode), stat and contents
-// taken from one open file so that they always match. A missing file is an
-// empty document with a zero stamp. Unknown fields are errors: a misspelt
-// "allowed_ips" must not silently allow every address.
+// the version it read (also when that does not decode): its stat and the
+// SHA-256 of the very bytes decoded, taken from one open file so that they
+// always match. A missing file is an empty document with a zero stamp.
+// The file is decoded as it is read, never held in memory whole.
 func readDocument(path string) (*fileDocument, fileStamp, error) {
-	data, stamp, err := readStoreFile(path)
-	if err != nil {
-		return nil, stamp, err
-	}
-	if !stamp.exists {
-		return &fileDocument{Version: fileFormatVersion}, stamp, nil
-	}
-	doc, err := decodeDocument(data)
-	if err != nil {
-		return nil, stamp, fmt.Errorf("token store file %s: %v", path, err)
-	}
-	return doc, stamp, nil
-}
-
-// readFile reads the store file and stamps what it read: the stat and the
-// SHA-256 of the very bytes read, taken from one open file so that they
-// agree. A missing file is no error: no bytes and a stamp that says so.
-func readStoreFile(path string) ([]byte, fileStamp, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fileStamp{}, nil
+		return &fileDocument{Version: fileFormatVersion}, fileStamp{}, nil
 	}
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
@@ -806,18 +782,24 @@ func readStoreFile(path string) ([]byte, fileStamp, error) {
 	if err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
 	}
-	// Sized from the stat, so that a large file is not read through
-	// ever-doubling buffers; a file that grew meanwhile is read whole.
-	buf := bytes.NewBuffer(make([]byte, 0, fi.Size()+bytes.MinRead))
-	if _, err := buf.ReadFrom(f); err != nil {
+	sum := sha256.New()
+	r := io.TeeReader(bufio.NewReaderSize(f, 64<<10), sum)
+	doc, decodeErr := decodeDocumentFrom(r)
+	// The stamp covers the whole file also when decoding stopped early,
+	// so that the poll reports a bad file once, not at every look.
+	if _, err := io.Copy(io.Discard, r); err != nil {
 		return nil, fileStamp{}, fmt.Errorf("reading token store file: %v", err)
 	}
-	data := buf.Bytes()
-	return data, fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime(), sum: sha256.Sum256(data)}, nil
+	stamp := fileStamp{exists: true, size: fi.Size(), modTime: fi.ModTime()}
+	sum.Sum(stamp.sum[:0])
+	if decodeErr != nil {
+		return nil, stamp, fmt.Errorf("token store file %s: %v", path, decodeErr)
+	}
+	return doc, stamp, nil
 }
 
-// hashStoreFile stamps the store file as readStoreFile does, without
-// keeping its contents: they are hashed as they are read.
+// hashStoreFile stamps the store file as readDocument does, without
+// decoding it.
 func hashStoreFile(path string) (fileStamp, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -840,11 +822,14 @@ func hashStoreFile(path string) (fileStamp, error) {
 	return stamp, nil
 }
 
-func decodeDocument(data []byte) (*fileDocument, error) {
+// decodeDocumentFrom decodes a store file as it reads it. Unknown fields
+// are errors: a misspelt "allowed_ips" must not silently allow every
+// address.
+func decodeDocumentFrom(r io.Reader) (*fileDocument, error) {
 	doc := new(fileDocument)
-	dec := json.NewDecoder(bytes.NewReader(data))
+	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(doc); err != nil {
+	if err := doc.decodeFields(dec); err != nil {
 		return nil, fmt.Errorf("invalid JSON: %v", err)
 	}
 	// dec.More would miss a stray '}' or ']' after the object.
@@ -860,6 +845,68 @@ func decodeDocument(data []byte) (*fileDocument, error) {
 		return nil, fmt.Errorf("format version %d is newer than this plugin understands (%d)", doc.Version, fileFormatVersion)
 	}
 	return doc, nil
+}
+
+// decodeFields decodes the top-level object one field, and one token, at
+// a time: dec.Decode(doc) would first read the whole file into the
+// decoder's ever-doubling buffer, which for a large store is more garbage
+// than the store itself. It reads what dec.Decode(doc) would: field names
+// match case-insensitively, a repeated field's last value wins (users and
+// settings merge), and null is an empty document.
+func (doc *fileDocument) decodeFields(dec *json.Decoder) error {
+	start, err := dec.Token()
+	if err != nil || start == nil {
+		return err
+	}
+	if start != json.Delim('{') {
+		return fmt.Errorf("the file must hold a JSON object")
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		name, _ := key.(string) // an object's keys are strings
+		switch {
+		case strings.EqualFold(name, "version"):
+			err = dec.Decode(&doc.Version)
+		case strings.EqualFold(name, "users"):
+			err = dec.Decode(&doc.Users)
+		case strings.EqualFold(name, "tokens"):
+			err = doc.decodeTokens(dec)
+		case strings.EqualFold(name, "settings"):
+			err = dec.Decode(&doc.Settings)
+		default:
+			err = fmt.Errorf("json: unknown field %q", name)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	_, err = dec.Token() // the closing '}'
+	return err
+}
+
+// decodeTokens decodes the tokens array, one token at a time.
+func (doc *fileDocument) decodeTokens(dec *json.Decoder) error {
+	start, err := dec.Token()
+	if err != nil || start == nil {
+		doc.Tokens = nil
+		return err
+	}
+	if start != json.Delim('[') {
+		return fmt.Errorf("tokens must be an array")
+	}
+	doc.Tokens = []*Token{}
+	for dec.More() {
+		var t *Token
+		if err := dec.Decode(&t); err != nil {
+			return err
+		}
+		doc.Tokens = append(doc.Tokens, t)
+	}
+	_, err = dec.Token() // the closing ']'
+	return err
 }
 
 // snapshot validates the document and indexes it for the request path.

@@ -105,6 +105,12 @@ func docBytes(t *testing.T, tokens ...Token) []byte {
 	return data
 }
 
+// decodeDocument decodes a store file's contents as the store decodes
+// the file.
+func decodeDocument(data []byte) (*fileDocument, error) {
+	return decodeDocumentFrom(bytes.NewReader(data))
+}
+
 // decodeFile reads the store file as the store would.
 func decodeFile(t *testing.T, path string) *fileDocument {
 	t.Helper()
@@ -1327,5 +1333,54 @@ func TestFileStoreConcurrency(t *testing.T) {
 	if tok := fileToken(t, final, base.ID); tok.LastUsed == nil || !tok.LastUsed.Equal(lastUse) ||
 		len(tok.LastIPs) > MaxLastIPs || len(tok.LastIPs) == 0 || tok.LastIPs[0] != "192.0.2.99" {
 		t.Errorf("base token after the uses: last_used %v, last_ips %q", tok.LastUsed, tok.LastIPs)
+	}
+}
+
+// The store decodes its file a field and a token at a time; it must read
+// every file as json.Decoder.Decode of the whole document does.
+func TestFileDecodeAsWholeDocument(t *testing.T) {
+	t.Parallel()
+	tok := `{"id":"t1","user":"a","scope":"read-write","hash":"` + HashSecret("a") + `","created":"2026-01-01T00:00:00Z"}`
+	tok2 := `{"id":"t2","user":"b","scope":"read-only","hash":"` + HashSecret("b") + `","created":"2026-01-01T00:00:00Z"}`
+	for _, data := range []string{
+		`null`,
+		`{}`,
+		`{"version":1,"tokens":null}`,
+		`{"version":1,"tokens":[]}`,
+		`{"version":1,"tokens":[` + tok + `,` + tok2 + `]}`,
+		`{"Version":1,"TOKENS":[` + tok + `],"Users":{"a":{"groups":["x"]}},"SETTINGS":{"test_endpoint_enabled":false}}`,
+		`{"tokens":[` + tok + `],"tokens":[` + tok2 + `]}`,
+		`{"users":{"a":{}},"users":{"b":{"disabled":true}},"settings":{},"settings":{"test_endpoint_enabled":true}}`,
+		`{"version":1,"tokens":[null]}`,
+		`{"users":{"a":null},"tokens":[]}`,
+		`{"version":null,"users":null,"settings":null,"tokens":[]}`,
+	} {
+		want := new(fileDocument)
+		dec := json.NewDecoder(strings.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(want); err != nil {
+			t.Fatalf("%s: json: %v", data, err)
+		}
+		if want.Version == 0 {
+			want.Version = fileFormatVersion
+		}
+		got, err := decodeDocument([]byte(data))
+		if err != nil {
+			t.Errorf("%s: %v", data, err)
+			continue
+		}
+		wantJSON, _ := json.Marshal(want)
+		gotJSON, _ := json.Marshal(got)
+		if !bytes.Equal(gotJSON, wantJSON) {
+			t.Errorf("%s: decoded as %s, json.Decoder gives %s", data, gotJSON, wantJSON)
+		}
+	}
+	for _, data := range []string{
+		``, `[]`, `"x"`, `{"tokens":{}}`, `{"tokens":[` + tok + `}`, `{"tokens":[],}`, `{"token":[]}`,
+		`{"tokens":[{"id":"t1","extra":1}]}`, `{"version":"1"}`, `{"tokens":[]}]`, `{"tokens":[]`,
+	} {
+		if _, err := decodeDocument([]byte(data)); err == nil || !strings.Contains(err.Error(), "invalid JSON") {
+			t.Errorf("%s: got %v, want an invalid JSON error", data, err)
+		}
 	}
 }
