@@ -715,9 +715,9 @@ func (doc *fileDocument) encode(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
-	// value writes v as MarshalIndent would at nesting depth level (each
-	// line but the first indented by prefix), without the encoder's
-	// final newline.
+	// value writes v as MarshalIndent writes it inside the document:
+	// every line but the first starts with prefix, and no newline ends
+	// it.
 	value := func(v any, prefix string) error {
 		buf.Reset()
 		enc.SetIndent(prefix, "  ")
