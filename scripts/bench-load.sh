@@ -43,8 +43,9 @@
 #                       realm of their own, left behind) instead of a
 #                       throwaway cluster from scripts/pg-test-cluster.sh
 #
-# Configs: baseline (respond, no auth); file, sqlite, postgres (a valid
-# Bearer token, warm cache); flood-garbage, flood-unknown, flood-badsum
+# Configs: baseline (respond, no auth); noop (the baseline with one more
+# handler that does next to nothing: the floor of any handler); file,
+# sqlite, postgres (a valid Bearer token, warm cache); flood-garbage, flood-unknown, flood-badsum
 # (random Bearer tokens without the prefix / with the prefix and a valid
 # checksum / with a wrong checksum; lockout off); ban (random tokens, IP
 # banned: 429); basic-ok, basic-fail (basic_auth, right and random
@@ -102,6 +103,7 @@ esac
 # name|Caddyfile in bench/caddy|credentials (see set_credentials)|expected status
 all_configs=(
 	"baseline|baseline|none|200"
+	"noop|noop|none|200"
 	"file|file|bearer-file|200"
 	"sqlite|sqlite|bearer-sqlite|200"
 	"postgres|postgres|bearer-postgres|200"
