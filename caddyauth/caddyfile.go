@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        ip_ban          <duration>
 //	        unlock_path     <path>
 //	        captcha         builtin | turnstile|hcaptcha|recaptcha <site_key> <secret> [verify_url <url>]
+//	        ipv6_prefix     <bits>
 //	    }
 //	}
 //

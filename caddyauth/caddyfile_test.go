@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
+	"github.com/caddy-apitoken/caddy-apitoken/captcha"
 	"github.com/caddy-apitoken/caddy-apitoken/tokenstore"
 )
 
@@ -98,6 +99,9 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"store file t.json\nlockout {\ncaptcha turnstile sitekey\n}", []string{"captcha"}},
 		{"store file t.json\nlockout {\ncaptcha hcaptcha k s verify_url ftp://x\n}", []string{"verify_url", "ftp://x"}},
 		{"store file t.json\nlockout {\nbogus\n}", []string{"unrecognized lockout option", `"bogus"`}},
+		{"store file t.json\nlockout {\nipv6_prefix 32\n}", []string{"ipv6_prefix", "32", "48 to 128"}},
+		{"store file t.json\nlockout {\nipv6_prefix 129\n}", []string{"ipv6_prefix", "129"}},
+		{"store file t.json\nlockout {\nipv6_prefix wide\n}", []string{"ipv6_prefix", `"wide"`}},
 	}
 	for _, tc := range tests {
 		caddyfile := ":8080 {\n\tapi_token_auth {\n" + tc.block + "\n\t}\n}\n"
@@ -129,6 +133,7 @@ func TestValidateJSON(t *testing.T) {
 		{Handler{Realm: "x", Store: fileStore("t.json"), TokenPrefix: "a b"}, `token_prefix "a b"`},
 		{Handler{Realm: "x", Store: fileStore("t.json"), MaxLifetime: -1}, "max_lifetime"},
 		{Handler{Realm: "x", Store: fileStore("t.json"), AllowGroups: []string{""}}, "allow_groups"},
+		{Handler{Realm: "x", Store: fileStore("t.json"), Lockout: &captcha.Config{IPv6Prefix: 40}}, "lockout: ipv6_prefix 40"},
 	}
 	for _, tc := range tests {
 		err := tc.h.Validate()

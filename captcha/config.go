@@ -5,11 +5,13 @@ package captcha
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/caddy-apitoken/caddy-apitoken/internal/clientnet"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -69,6 +71,14 @@ type Config struct {
 
 	// The CAPTCHA the unlock page asks. Default: builtin.
 	Captcha *Provider `json:"captcha,omitempty"`
+
+	// How many leading bits of an IPv6 client address make one client,
+	// from 48 to 128. Every per-client decision (failure counts, bans,
+	// challenges, the unlock page's limits) keys on this network, because
+	// one household or VM is handed a whole /64 and could otherwise pick
+	// a fresh address for every attempt. An IPv4 address is always its
+	// own client. Default: 64.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 }
 
 // Provider says which CAPTCHA the unlock page shows.
@@ -94,6 +104,7 @@ type Settings struct {
 	IPBan         time.Duration
 	UnlockPath    string
 	Captcha       Provider
+	IPv6Prefix    int
 }
 
 // Settings applies the defaults.
@@ -106,6 +117,7 @@ func (c *Config) Settings() Settings {
 		IPBan:         DefaultIPBan,
 		UnlockPath:    DefaultUnlockPath,
 		Captcha:       Provider{Name: ProviderBuiltin},
+		IPv6Prefix:    clientnet.DefaultIPv6Prefix,
 	}
 	if c == nil {
 		return s
@@ -131,7 +143,16 @@ func (c *Config) Settings() Settings {
 	if c.Captcha != nil {
 		s.Captcha = *c.Captcha
 	}
+	if c.IPv6Prefix != 0 {
+		s.IPv6Prefix = c.IPv6Prefix
+	}
 	return s
+}
+
+// Network returns the network of ip that every per-client decision keys
+// on (see package clientnet).
+func (s *Settings) Network(ip netip.Addr) netip.Prefix {
+	return clientnet.Of(ip, s.IPv6Prefix)
 }
 
 // Validate checks the block; messages name the option and the value.
@@ -158,6 +179,11 @@ func (c *Config) Validate() error {
 	}
 	if c.UnlockPath != "" && !strings.HasPrefix(c.UnlockPath, "/") {
 		return fmt.Errorf("lockout: unlock_path %q: must start with /", c.UnlockPath)
+	}
+	if c.IPv6Prefix != 0 {
+		if err := clientnet.CheckIPv6Prefix(c.IPv6Prefix); err != nil {
+			return fmt.Errorf("lockout: %v", err)
+		}
 	}
 	if c.Captcha != nil {
 		if err := c.Captcha.validate(); err != nil {
@@ -201,6 +227,7 @@ func (p *Provider) validate() error {
 //	    ip_ban          <duration>
 //	    unlock_path     <path>
 //	    captcha         builtin | turnstile|hcaptcha|recaptcha <site_key> <secret> [verify_url <url>]
+//	    ipv6_prefix     <bits>
 //	}
 func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -219,6 +246,15 @@ func (c *Config) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			} else {
 				c.IPMaxFailures = &n
 			}
+		case "ipv6_prefix":
+			n, err := intArg(d, sub)
+			if err != nil {
+				return err
+			}
+			if err := clientnet.CheckIPv6Prefix(n); err != nil {
+				return d.Errf("lockout: %v", err)
+			}
+			c.IPv6Prefix = n
 		case "key":
 			if !d.Args(&c.Key) || d.NextArg() {
 				return d.ArgErr()
