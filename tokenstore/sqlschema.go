@@ -20,7 +20,7 @@ import (
 
 // schemaVersion is the schema version this code writes: the number of
 // migrations.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // pgMigrationLock is the key of the PostgreSQL advisory lock that
 // serialises migrations, so that several servers starting at once against
@@ -28,10 +28,13 @@ const schemaVersion = 2
 // ASCII.)
 const pgMigrationLock int64 = 0x6170_6974_6f6b_656e
 
-// migration is one step of the schema, in each dialect's own SQL.
+// migration is one step of the schema: each dialect's own SQL, then, for
+// a step that must rewrite rows with Go's logic (re-keying lockout rows,
+// say), code, run in the same transaction.
 type migration struct {
 	sqlite   []string
 	postgres []string
+	code     func(ctx context.Context, s *SQLStore, tx *sql.Tx) error
 }
 
 // migrations[i] takes the schema from version i to version i+1. Append
@@ -165,6 +168,28 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		// Version 3: secret keys that servers sharing the database share,
+		// one per realm and name (the unlock page's sealing key, say);
+		// see SharedKey. Written once, by the first server that needs
+		// one; never rotated by the plugin.
+		sqlite: []string{
+			`CREATE TABLE api_token_auth_keys (
+				realm TEXT NOT NULL,
+				name TEXT NOT NULL,
+				value BLOB NOT NULL,
+				PRIMARY KEY (realm, name)
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE api_token_auth_keys (
+				realm TEXT NOT NULL,
+				name TEXT NOT NULL,
+				value BYTEA NOT NULL,
+				PRIMARY KEY (realm, name)
+			)`,
+		},
+	},
 }
 
 // migrate brings the database's schema up to schemaVersion in one
@@ -208,6 +233,11 @@ func (s *SQLStore) migrate(ctx context.Context) (err error) {
 		}
 		for _, stmt := range steps {
 			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("token store %s: migrating the schema to version %d: %w", s.where, v+1, err)
+			}
+		}
+		if code := migrations[v].code; code != nil {
+			if err := code(ctx, s, tx); err != nil {
 				return fmt.Errorf("token store %s: migrating the schema to version %d: %w", s.where, v+1, err)
 			}
 		}
