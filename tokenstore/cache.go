@@ -26,6 +26,12 @@ import (
 // Errors are never cached: with the database down, a cached answer is
 // served until it expires, anything else fails with ErrUnavailable.
 //
+// While the store cannot hear of other servers' writes (its PostgreSQL
+// listener is known to be lost, see sqlwatch.go), an answer is served
+// without asking the database only for a short while after its query
+// began (see blinded); after that the database is asked, and only if it
+// cannot answer is the cached answer served, until it expires.
+//
 // Concurrent misses for one key share one query. A write through the store
 // (and, for PostgreSQL, a notification of a write by another server; for
 // SQLite, a commit by another connection) clears the whole cache: writes
@@ -50,6 +56,9 @@ type cacheEntry struct {
 	err     error // nil, or ErrNotFound
 	expires time.Time
 	neg     bool // a "not found" answer, counted against the bound
+
+	// began is when the query that read it began.
+	began time.Time
 }
 
 // lookupCache is a store's look-up cache. A nil *lookupCache caches
@@ -61,6 +70,11 @@ type lookupCache struct {
 	group  singleflight.Group
 
 	hits, misses atomic.Int64
+
+	// blind, while the store cannot hear of other servers' writes, is
+	// how long after its query began an answer is served without asking
+	// the database; zero while it can. A time.Duration.
+	blind atomic.Int64
 
 	mu      sync.Mutex
 	gen     uint64
@@ -104,6 +118,33 @@ func (c *lookupCache) clear() {
 	c.entries = make(map[string]*cacheEntry)
 	c.negRing = nil
 	c.negNext = 0
+}
+
+// blinded tells the cache that the store can no longer hear of other
+// servers' writes: until watched, an answer is served without asking the
+// database only within d after its query began.
+func (c *lookupCache) blinded(d time.Duration) {
+	if c != nil {
+		c.blind.Store(int64(d))
+	}
+}
+
+// watched tells the cache that the store hears of other servers' writes
+// again. It clears the cache (writes made meanwhile went unheard) before
+// trusting answers for the TTL again.
+func (c *lookupCache) watched() {
+	if c == nil {
+		return
+	}
+	c.clear()
+	c.blind.Store(0)
+}
+
+// trusts reports whether e may be served at now without asking the
+// database.
+func (c *lookupCache) trusts(e cacheEntry, now time.Time) bool {
+	blind := time.Duration(c.blind.Load())
+	return blind == 0 || now.Before(e.began.Add(blind))
 }
 
 // get returns key's live entry, if any, and the current generation.
@@ -166,7 +207,7 @@ func cachedLookup[T any](ctx context.Context, s *SQLStore, key string,
 	}
 	start := c.now()
 	e, ok, gen := c.get(key, start)
-	if ok {
+	if ok && c.trusts(e, start) {
 		c.hits.Add(1)
 		v, _ := e.val.(T)
 		return v, e.err
@@ -178,7 +219,7 @@ func cachedLookup[T any](ctx context.Context, s *SQLStore, key string,
 		defer cancel()
 		v, err := load(qctx)
 		if err == nil || errors.Is(err, ErrNotFound) {
-			e := cacheEntry{val: v, err: err, neg: negative(v, err),
+			e := cacheEntry{val: v, err: err, neg: negative(v, err), began: began,
 				expires: began.Add(time.Duration(c.ttl.Load()))}
 			if err != nil {
 				e.err = ErrNotFound
@@ -189,6 +230,14 @@ func cachedLookup[T any](ctx context.Context, s *SQLStore, key string,
 	})
 	select {
 	case r := <-ch:
+		if errors.Is(r.Err, ErrUnavailable) {
+			// The database cannot answer: an answer not yet expired is
+			// served, as SPEC §4 allows during an outage.
+			if e, ok, _ := c.get(key, c.now()); ok {
+				v, _ := e.val.(T)
+				return v, e.err
+			}
+		}
 		v, _ := r.Val.(T)
 		return v, r.Err
 	case <-ctx.Done():
